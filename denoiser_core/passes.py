@@ -1,0 +1,169 @@
+"""Blender render-pass names across versions, and the diffuse/specular decomposition.
+
+This module is the single definition of:
+
+* the canonical pass names the project uses (``diffuse_direct``, ``glossy_color``, ...),
+* how each Blender version spells them in a multilayer EXR (4.x ``DiffDir``, 5.0 ``Diffuse Direct``),
+* which view-layer setting turns each pass on (for error messages and the Blender add-on),
+* the decomposition of a render into the parts the networks denoise, and the recombination.
+
+Decomposition (Cycles' own light-path split, checked against real 4.5 renders: the sum below equals
+Combined to float precision)::
+
+    Combined = DiffCol * (DiffDir + DiffInd)                      -> diffuse_color * diffuse
+             + GlossCol * (GlossDir + GlossInd)                   \
+             + TransCol * (TransDir + TransInd)                    > specular
+             + VolumeDir + VolumeInd                              /
+             + Emit + Env + residual                              -> passed through unchanged
+
+``diffuse`` is Cycles' diffuse *light* (the albedo DiffCol is already divided out), which is exactly the
+untextured irradiance KPCN denoises. Whatever the parts do not explain (passes the user did not enable,
+subsurface, holdouts, ...) stays in ``residual`` and is added back untouched, so a pixel the networks do
+not change recombines to Combined: nothing is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# canonical name -> (Blender 3.x/4.x layer name, Blender 5.0 layer name, channel count, setting path)
+# The setting path is relative to the view layer; "cycles." settings live on view_layer.cycles.
+PASS_TABLE: dict[str, tuple[str, str, int, str]] = {
+    "combined": ("Combined", "Combined", 4, "use_pass_combined"),
+    "diffuse_direct": ("DiffDir", "Diffuse Direct", 3, "use_pass_diffuse_direct"),
+    "diffuse_indirect": ("DiffInd", "Diffuse Indirect", 3, "use_pass_diffuse_indirect"),
+    "diffuse_color": ("DiffCol", "Diffuse Color", 3, "use_pass_diffuse_color"),
+    "glossy_direct": ("GlossDir", "Glossy Direct", 3, "use_pass_glossy_direct"),
+    "glossy_indirect": ("GlossInd", "Glossy Indirect", 3, "use_pass_glossy_indirect"),
+    "glossy_color": ("GlossCol", "Glossy Color", 3, "use_pass_glossy_color"),
+    "transmission_direct": ("TransDir", "Transmission Direct", 3, "use_pass_transmission_direct"),
+    "transmission_indirect": ("TransInd", "Transmission Indirect", 3, "use_pass_transmission_indirect"),
+    "transmission_color": ("TransCol", "Transmission Color", 3, "use_pass_transmission_color"),
+    "volume_direct": ("VolumeDir", "Volume Direct", 3, "cycles.use_pass_volume_direct"),
+    "volume_indirect": ("VolumeInd", "Volume Indirect", 3, "cycles.use_pass_volume_indirect"),
+    "emission": ("Emit", "Emission", 3, "use_pass_emit"),
+    "environment": ("Env", "Environment", 3, "use_pass_environment"),
+    "normal": ("Normal", "Normal", 3, "use_pass_normal"),
+    "depth": ("Depth", "Depth", 1, "use_pass_z"),
+    "denoising_albedo": ("Denoising Albedo", "Denoising Albedo", 3, "cycles.denoising_store_passes"),
+    "denoising_normal": ("Denoising Normal", "Denoising Normal", 3, "cycles.denoising_store_passes"),
+    "denoising_depth": ("Denoising Depth", "Denoising Depth", 1, "cycles.denoising_store_passes"),
+    "noisy_image": ("Noisy Image", "Noisy Image", 4, "cycles.denoising_store_passes"),
+}
+
+# Passes the decomposition needs. Volume, emission and environment are optional: when absent they
+# stay in the residual (passed through, not denoised).
+DECOMPOSITION_PASSES = (
+    "combined",
+    "diffuse_direct", "diffuse_indirect", "diffuse_color",
+    "glossy_direct", "glossy_indirect", "glossy_color",
+    "transmission_direct", "transmission_indirect", "transmission_color",
+)
+OPTIONAL_PASSES = ("volume_direct", "volume_indirect", "emission", "environment")
+FEATURE_PASSES = ("denoising_albedo", "denoising_normal", "denoising_depth")
+
+_LAYER_NAME_TO_CANONICAL = {}
+for _canonical, (_v4, _v5, _n, _setting) in PASS_TABLE.items():
+    _LAYER_NAME_TO_CANONICAL[_v4] = _canonical
+    _LAYER_NAME_TO_CANONICAL[_v5] = _canonical
+# Blender 5.0 spells a few passes differently in the file than in the UI; accept the known aliases.
+_LAYER_NAME_TO_CANONICAL.update({"Emit": "emission", "Env": "environment", "Z": "depth"})
+
+
+def canonical_pass_name(layer_pass_name: str) -> str | None:
+    """Map a pass name as written in an EXR (any Blender version) to its canonical name, or None."""
+    return _LAYER_NAME_TO_CANONICAL.get(layer_pass_name)
+
+
+def blender_pass_name(canonical: str, blender_major: int) -> str:
+    """The name Blender ``blender_major`` gives this pass in a multilayer EXR."""
+    v4, v5, _n, _setting = PASS_TABLE[canonical]
+    return v5 if blender_major >= 5 else v4
+
+
+def enable_hint(canonical: str) -> str:
+    """Human-readable way to turn the pass on in Blender, for error messages."""
+    setting = PASS_TABLE[canonical][3]
+    if setting.startswith("cycles."):
+        return f"view_layer.{setting} = True"
+    return f"view_layer.{setting} = True"
+
+
+def channel_count(canonical: str) -> int:
+    return PASS_TABLE[canonical][2]
+
+
+@dataclass
+class Decomposition:
+    """A render split into what the networks see and what is carried through.
+
+    All arrays are float32, shape (H, W, C): C = 3 for colours, normals, albedo; 1 for depth/alpha.
+    """
+
+    diffuse: np.ndarray         # diffuse light, DiffDir + DiffInd (albedo already divided out by Cycles)
+    diffuse_color: np.ndarray   # DiffCol, multiplied back in after denoising
+    specular: np.ndarray        # glossy + transmission + volume radiance
+    albedo: np.ndarray          # Denoising Albedo (feature)
+    normal: np.ndarray          # Denoising Normal (feature)
+    depth: np.ndarray           # Denoising Depth (feature), (H, W, 1)
+    residual: np.ndarray        # Combined.rgb - (diffuse_color * diffuse + specular): emission, env, rest
+    alpha: np.ndarray           # Combined.A, (H, W, 1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.diffuse.shape[0], self.diffuse.shape[1]
+
+
+def missing_passes(available: set[str], needed: tuple[str, ...] | list[str]) -> list[str]:
+    """Canonical names in ``needed`` that are not in ``available``, in order."""
+    return [name for name in needed if name not in available]
+
+
+def sanitize(image: np.ndarray) -> np.ndarray:
+    """Replace NaN and +-Inf by 0 so they can never reach a network or an output file."""
+    image = np.asarray(image, dtype=np.float32)
+    if np.isfinite(image).all():
+        return image
+    return np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def decompose(passes: dict[str, np.ndarray]) -> Decomposition:
+    """Split canonical passes (H, W, C float arrays) into the denoiser's components.
+
+    ``passes`` must hold DECOMPOSITION_PASSES and FEATURE_PASSES; OPTIONAL_PASSES are used when present.
+    """
+    def get(name: str) -> np.ndarray:
+        return sanitize(passes[name])
+
+    combined = get("combined")
+    rgb = combined[..., :3]
+    alpha = combined[..., 3:4] if combined.shape[-1] > 3 else np.ones_like(rgb[..., :1])
+    diffuse = get("diffuse_direct") + get("diffuse_indirect")
+    diffuse_color = get("diffuse_color")
+    specular = (get("glossy_color") * (get("glossy_direct") + get("glossy_indirect"))
+                + get("transmission_color") * (get("transmission_direct") + get("transmission_indirect")))
+    for name in ("volume_direct", "volume_indirect"):
+        if name in passes:
+            specular = specular + get(name)
+    residual = rgb - (diffuse_color * diffuse + specular)
+    return Decomposition(
+        diffuse=diffuse.astype(np.float32),
+        diffuse_color=diffuse_color.astype(np.float32),
+        specular=specular.astype(np.float32),
+        albedo=get("denoising_albedo")[..., :3],
+        normal=get("denoising_normal")[..., :3],
+        depth=get("denoising_depth")[..., :1],
+        residual=residual.astype(np.float32),
+        alpha=alpha.astype(np.float32),
+    )
+
+
+def recombine(parts: Decomposition, diffuse: np.ndarray, specular: np.ndarray) -> np.ndarray:
+    """Beauty RGBA from (denoised) diffuse light and specular radiance plus the carried-through rest.
+
+    With the noisy ``parts.diffuse`` / ``parts.specular`` this returns Combined (to float rounding).
+    """
+    rgb = parts.diffuse_color * diffuse + specular + parts.residual
+    return sanitize(np.concatenate([rgb, parts.alpha], axis=-1))
