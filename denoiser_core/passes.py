@@ -167,3 +167,19 @@ def recombine(parts: Decomposition, diffuse: np.ndarray, specular: np.ndarray) -
     """
     rgb = parts.diffuse_color * diffuse + specular + parts.residual
     return sanitize(np.concatenate([rgb, parts.alpha], axis=-1))
+
+
+def display_name(canonical: str) -> str:
+    """The pass's name as Blender's UI shows it (the 5.0 spelling, e.g. "Glossy Direct")."""
+    return PASS_TABLE[canonical][1]
+
+
+def missing_passes_hint(missing: list[str] | tuple[str, ...]) -> str:
+    """``"Glossy Direct, Glossy Color (view_layer.use_pass_glossy_direct = True, ...)"``, grouped by setting.
+
+    Passes switched on by one setting (the three Denoising Data passes) are listed together.
+    """
+    by_setting: dict[str, list[str]] = {}
+    for name in missing:
+        by_setting.setdefault(enable_hint(name), []).append(display_name(name))
+    return "; ".join(f"{', '.join(names)} (enable with {hint})" for hint, names in by_setting.items())

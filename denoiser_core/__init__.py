@@ -1,0 +1,30 @@
+"""kprcan inference core: numpy + onnxruntime + OpenEXR only (no torch, no bpy).
+
+Public API (the Blender add-on codes against exactly these names)::
+
+    from denoiser_core import (load_model, read_exr, write_exr, denoise_file, Denoiser, ModelInfo,
+                               DenoiserError, list_models, available_devices)
+"""
+
+from denoiser_core.devices import available_devices
+from denoiser_core.errors import DenoiserError
+from denoiser_core.exr import ExrImage, ExrPass, read_exr, write_exr
+from denoiser_core.inference import Denoiser, DenoiseResult, load_model
+from denoiser_core.models import ModelInfo, list_models
+from denoiser_core.pipeline import denoise_file, denoise_image
+
+__all__ = [
+    "DenoiseResult",
+    "Denoiser",
+    "DenoiserError",
+    "ExrImage",
+    "ExrPass",
+    "ModelInfo",
+    "available_devices",
+    "denoise_file",
+    "denoise_image",
+    "list_models",
+    "load_model",
+    "read_exr",
+    "write_exr",
+]

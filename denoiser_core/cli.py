@@ -1,0 +1,113 @@
+"""``kprcan``: denoise Cycles multilayer EXRs from the command line.
+
+Errors are one line on stderr (``kprcan: error: ...``) with exit code 2 for usage / input problems and 1
+for internal ones; ``-v`` adds tracebacks for internal errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from tqdm import tqdm
+
+from denoiser_core.devices import DEVICE_NAMES
+from denoiser_core.errors import DenoiserError
+from denoiser_core.inference import DEFAULT_TILE
+
+log = logging.getLogger("kprcan")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other kprcan error
+        self.exit(2, f"kprcan: error: {message} (see {self.prog} --help)\n")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear tqdm's progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        tqdm.write(f"kprcan: {level}{record.getMessage()}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="only warnings and errors, no progress bars")
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="more detail (providers, timings, tracebacks of internal errors)")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", metavar="NAME|PATH", help="model name or .onnx file (default: fast)")
+    model.add_argument("--device", default="auto", choices=DEVICE_NAMES,
+                       help="where to run; an unavailable device falls back to the CPU (default: auto)")
+    model.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE,
+                       help=f"tile size in pixels; smaller uses less memory (default: {DEFAULT_TILE})")
+
+    parser = _Parser(prog="kprcan", parents=[verbosity],
+                     description="Kernel-predicting neural denoiser for Blender Cycles multilayer EXRs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    denoise = commands.add_parser(
+        "denoise", parents=[verbosity, model], help="denoise EXR files or #### sequences",
+        description="Denoise multilayer EXRs. A sequence: 'shot_####.exr' -o 'out/shot_####.exr'. "
+                    "Frames whose output exists are skipped unless --overwrite.")
+    denoise.add_argument("inputs", nargs="+", metavar="INPUT", help="EXR file(s) or a shot_####.exr pattern")
+    denoise.add_argument("-o", "--output", required=True, help="output file, folder/ or out_####.exr pattern")
+    denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    denoise.add_argument("--half", action="store_true", help="write half floats (default: float32)")
+    info = commands.add_parser("info", parents=[verbosity], help="passes in an EXR and what each model needs")
+    info.add_argument("input")
+    info.add_argument("--model", metavar="NAME|PATH", help="check against this model only")
+    commands.add_parser("models", parents=[verbosity], help="list installed models and devices")
+    demo = commands.add_parser("demo", parents=[verbosity, model],
+                               help="denoise the example render in examples/")
+    demo.add_argument("--examples", metavar="FOLDER", help="folder with noisy.exr and reference.exr")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    log.handlers[:] = [_TqdmHandler()]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args)
+    from denoiser_core import commands  # after logging is set up; keeps `kprcan --help` quick
+
+    try:
+        return getattr(commands, f"run_{args.command}")(args)
+    except DenoiserError as error:
+        print(f"kprcan: error: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("kprcan: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("kprcan: error: out of memory (try a smaller --tile)", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: still one line unless -v asks for the traceback
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"kprcan: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The CLI's sub-commands (argument parsing and error reporting live in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from denoiser_core.devices import available_devices
+from denoiser_core.errors import DenoiserError
+from denoiser_core.exr import ExrImage, check_exr_file, read_exr
+from denoiser_core.inference import load_model, missing_for, required_passes
+from denoiser_core.models import ModelInfo, list_models, model_dirs, resolve_model
+from denoiser_core.passes import missing_passes_hint
+from denoiser_core.pipeline import check_output_path, denoise_file
+from denoiser_core.sequence import plan_jobs
+
+log = logging.getLogger("kprcan")
+
+
+class _LazyBar:
+    """A tqdm bar created on the first update, so checks that fail early print no bar.
+
+    Like tqdm's ``disable=None``, no bar is drawn when stderr is not a terminal (logs, render farms).
+    """
+
+    def __init__(self, enabled: bool, **options):
+        self.enabled, self.options, self.bar = enabled, options, None
+
+    def to(self, fraction: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(file=sys.stderr, disable=None, **self.options)
+        self.bar.update(round(fraction * self.bar.total) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_denoise(args: argparse.Namespace) -> int:
+    jobs = plan_jobs(args.inputs, args.output)
+    for source, target in jobs:  # every input and output checked before any model is loaded
+        check_exr_file(source)
+        check_output_path(source, target, overwrite=True)
+    todo = [(s, t) for s, t in jobs if args.overwrite or not t.exists()]
+    if len(todo) < len(jobs):
+        log.info("skipping %d of %d frames whose output exists (use --overwrite to redo them)",
+                 len(jobs) - len(todo), len(jobs))
+    if not todo:
+        return 0
+    denoiser = load_model(args.model, args.device)
+    quiet = getattr(args, "quiet", False)
+    frames = _LazyBar(not quiet and len(todo) > 1, total=len(todo), unit="frame", desc="denoise")
+    first_failure = 0
+    for done, (source, target) in enumerate(todo, start=1):
+        tiles = _LazyBar(not quiet and len(todo) == 1, total=100, unit="%", desc=source.name, leave=False)
+        started = time.perf_counter()
+        try:
+            denoise_file(source, target, denoiser, tile=args.tile, overwrite=args.overwrite,
+                         progress=tiles.to, half=args.half)
+        except DenoiserError as error:
+            tiles.close()
+            if len(todo) == 1:
+                raise
+            log.error("%s", error.message)
+            first_failure = first_failure or error.exit_code
+        else:
+            tiles.close()
+            log.info("%s -> %s (%.1f s)", source, target, time.perf_counter() - started)
+        frames.to(done / len(todo))
+    frames.close()
+    return first_failure
+
+
+def run_info(args: argparse.Namespace) -> int:
+    image = read_exr(args.input)
+    width, height = image.size()
+    compressions = {str(p.compression).split(".")[-1].replace("_COMPRESSION", "") for p in image.parts}
+    types = sorted({p.stored_as for p in image.passes})
+    print(f"{image.path}: {width}x{height}, {len(image.parts)} part(s), "
+          f"compression {', '.join(sorted(compressions))}, pixels {'/'.join(types)}")
+    for layer in image.layers:
+        print(f"view layer {layer!r}:" if layer else "channels without a view layer:")
+        for exr_pass in image.layer_passes(layer).values():
+            canonical = exr_pass.canonical or "(not used by the denoiser)"
+            label = exr_pass.name or "(unnamed)"
+            size = f"  {exr_pass.size[0]}x{exr_pass.size[1]}" if exr_pass.size != (width, height) else ""
+            print(f"  {label:<24} {''.join(exr_pass.components):<5} -> {canonical}{size}")
+    models = [resolve_model(args.model)] if args.model else list_models()
+    if not models:
+        print(f"no models installed (searched {', '.join(str(d) for d in model_dirs())})")
+    for info in models:
+        _print_model_check(info, image)
+    return 0
+
+
+def _print_model_check(info: ModelInfo, image: ExrImage) -> None:
+    print(f"model {info.name} ({info.path.name}) needs: {', '.join(required_passes(info))}")
+    for layer in image.layers:
+        available = image.canonical_passes(layer)
+        if available:
+            missing = missing_for(info, available)
+            status = "ready" if not missing else f"missing {missing_passes_hint(missing)}"
+            print(f"  view layer {layer!r}: {status}")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    models = list_models()
+    print(f"devices: {', '.join(available_devices())}")
+    print(f"model folders: {', '.join(str(d) for d in model_dirs())}")
+    if not models:
+        print("no models found")
+    for info in models:
+        print(f"{info.summary()}")
+        print(f"  file: {info.path}")
+        print(f"  needs: {', '.join(info.required_passes)}{' + variance' if info.needs_variance else ''}")
+        if info.training_data:
+            print(f"  trained on: {info.training_data}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from denoiser_core import demo
+
+    quiet = getattr(args, "quiet", False)
+    bar = _LazyBar(not quiet, total=100, unit="%", desc="demo", leave=False)
+    examples = Path(args.examples) if args.examples else demo.EXAMPLES
+    try:
+        result = demo.run_demo(examples, args.model, args.device, args.tile, progress=bar.to)
+    finally:
+        bar.close()
+    print(f"model {result.model}: denoised in {result.seconds:.2f} s")
+    print(f"PSNR vs reference (clamped sRGB): noisy {result.psnr_noisy:.2f} dB, "
+          f"denoised {result.psnr_denoised:.2f} dB")
+    print(f"wrote {result.denoised_exr} and {result.side_by_side_png} (noisy | denoised | reference)")
+    return 0

@@ -1,0 +1,200 @@
+"""Finding model files and reading / validating their contract metadata (docs/contract.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+
+from denoiser_core.errors import DenoiserError
+from denoiser_core.passes import PASS_TABLE
+
+log = logging.getLogger("kprcan")
+
+FORMAT_VERSION = 1
+PREFIX = "kprcan."
+REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", "required_passes",
+                 "needs_variance", "receptive_radius", "size_multiple")
+KNOWN_INPUTS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1,
+                "diffuse_variance": 1, "specular_variance": 1}
+KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3}
+DEFAULT_MODEL = "fast"
+MODEL_PATH_ENV = "KPRCAN_MODEL_PATH"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    architecture: str
+    path: Path
+    required_passes: tuple[str, ...]
+    needs_variance: bool
+    receptive_radius: int
+    size_multiple: int
+    training_data: str
+    parameters: int | None
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)  # raw metadata_props
+
+    def summary(self) -> str:
+        params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
+        return (f"{self.name} ({self.architecture}, {params}, context {self.receptive_radius} px, "
+                f"size multiple {self.size_multiple})")
+
+
+def model_dirs() -> list[Path]:
+    """Where models are looked for, in priority order (earlier wins when two share a name)."""
+    package = Path(__file__).resolve().parent
+    dirs = [package.parent / "models", package / "models"]
+    dirs += [Path(p).expanduser() for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
+    dirs.append(Path.home() / ".local" / "share" / "kprcan" / "models")
+    return list(dict.fromkeys(dirs))
+
+
+def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
+    """Validate ``kprcan.*`` metadata per the contract; any problem is a DenoiserError naming the file."""
+    def bad(problem: str) -> DenoiserError:
+        return DenoiserError(f"{path}: not a usable kprcan model: {problem}")
+
+    missing = [PREFIX + key for key in REQUIRED_KEYS if PREFIX + key not in metadata]
+    if missing:
+        raise bad(f"metadata lacks {', '.join(missing)}")
+    meta = {key: metadata[PREFIX + key] for key in REQUIRED_KEYS}
+    version = _integer(meta["format_version"], "format_version", bad)
+    if version != FORMAT_VERSION:
+        newer = " (update kprcan)" if version > FORMAT_VERSION else ""
+        raise bad(f"format version {version}, this kprcan reads version {FORMAT_VERSION}{newer}")
+    inputs = _string_list(meta["inputs"], "inputs", bad)
+    outputs = _string_list(meta["outputs"], "outputs", bad)
+    required = _string_list(meta["required_passes"], "required_passes", bad)
+    unknown = [n for n in inputs if n not in KNOWN_INPUTS] + [n for n in outputs if n not in KNOWN_OUTPUTS]
+    unknown += [n for n in required if n not in PASS_TABLE]
+    if unknown:
+        raise bad(f"unknown names in metadata: {', '.join(unknown)}")
+    if sorted(outputs) != sorted(KNOWN_OUTPUTS):
+        raise bad(f"outputs must be {sorted(KNOWN_OUTPUTS)}, got {outputs}")
+    if meta["needs_variance"].strip().lower() not in ("true", "false"):
+        raise bad(f"needs_variance must be true or false, got {meta['needs_variance']!r}")
+    radius = _integer(meta["receptive_radius"], "receptive_radius", bad)
+    multiple = _integer(meta["size_multiple"], "size_multiple", bad)
+    if radius < 0 or multiple < 1:
+        raise bad("receptive_radius must be >= 0 and size_multiple >= 1")
+    parameters = metadata.get(PREFIX + "parameters", "")
+    return ModelInfo(
+        name=meta["name"], architecture=meta["architecture"], path=path,
+        required_passes=tuple(required),
+        needs_variance=meta["needs_variance"].strip().lower() == "true",
+        receptive_radius=radius, size_multiple=multiple,
+        training_data=metadata.get(PREFIX + "training_data", ""),
+        parameters=int(parameters) if parameters.strip().isdigit() else None,
+        inputs=tuple(inputs), outputs=tuple(outputs), metadata=dict(metadata),
+    )
+
+
+def _integer(text: str, key: str, bad) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(f"{key} must be an integer, got {text!r}") from None
+
+
+def _string_list(text: str, key: str, bad) -> list[str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad(f"{key} must be a JSON list of strings, got {text!r}")
+    return value
+
+
+def open_session(path: Path, providers: list[str], options: ort.SessionOptions | None = None):
+    """An onnxruntime session, or a DenoiserError when the file is not a loadable ONNX model."""
+    if not path.is_file():
+        raise DenoiserError(f"{path}: model file not found")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own pybind exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DenoiserError(f"{path}: not a valid ONNX model ({first_line[:200]})") from None
+
+
+def check_graph(info: ModelInfo, session) -> None:
+    """The graph's inputs/outputs must be exactly what the metadata declares."""
+    graph_inputs = sorted(i.name for i in session.get_inputs())
+    graph_outputs = {o.name for o in session.get_outputs()}
+    if graph_inputs != sorted(info.inputs):
+        raise DenoiserError(f"{info.path}: graph inputs {graph_inputs} differ from the metadata's "
+                            f"{sorted(info.inputs)}")
+    if not set(info.outputs) <= graph_outputs:
+        raise DenoiserError(f"{info.path}: graph lacks outputs {sorted(set(info.outputs) - graph_outputs)}")
+    variance = {"diffuse_variance", "specular_variance"} & set(info.inputs)
+    if variance and not info.needs_variance:
+        raise DenoiserError(f"{info.path}: graph takes {sorted(variance)} but needs_variance is false")
+
+
+_INFO_CACHE: dict[tuple[str, int, int], ModelInfo] = {}
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Metadata of one model file (validated, and checked against its graph)."""
+    path = Path(path).expanduser().resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        raise DenoiserError(f"{path}: model file not found") from None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _INFO_CACHE:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = open_session(path, ["CPUExecutionProvider"], options)
+        info = parse_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
+        check_graph(info, session)
+        _INFO_CACHE[key] = info
+    return _INFO_CACHE[key]
+
+
+def list_models() -> list[ModelInfo]:
+    """Every usable model in ``model_dirs()``; unusable files are skipped with a warning."""
+    found: list[ModelInfo] = []
+    seen_paths: set[Path] = set()
+    for directory in model_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.onnx")):
+            if path.resolve() in seen_paths:
+                continue
+            seen_paths.add(path.resolve())
+            try:
+                found.append(read_model_info(path))
+            except DenoiserError as error:
+                log.warning("skipping %s", error)
+    return found
+
+
+def resolve_model(name_or_path: str | os.PathLike | None) -> ModelInfo:
+    """A model by file path, by metadata name / file stem, or the default ("fast", else the first found)."""
+    if name_or_path is not None:
+        text = str(name_or_path)
+        candidate = Path(text).expanduser()
+        if candidate.suffix.lower() == ".onnx" or os.sep in text or "/" in text or candidate.is_file():
+            return read_model_info(candidate)
+    models = list_models()
+    searched = ", ".join(str(d) for d in model_dirs())
+    if not models:
+        raise DenoiserError(f"no models found (searched {searched}; "
+                            f"set ${MODEL_PATH_ENV} or pass --model PATH)")
+    wanted = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    for info in models:
+        if info.name == wanted or info.path.stem == wanted:
+            return info
+    if name_or_path is None:
+        return models[0]
+    names = ", ".join(sorted({m.name for m in models}))
+    raise DenoiserError(f"model {wanted!r} not found (available: {names})")

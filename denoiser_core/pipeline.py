@@ -1,0 +1,144 @@
+"""Denoising EXR files: every view layer that has the passes, written next to everything else in the file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from denoiser_core.errors import DenoiserError
+from denoiser_core.exr import ExrImage, check_exr_file, read_exr, temp_path_for, write_exr_in_place
+from denoiser_core.inference import DEFAULT_TILE, Denoiser, load_model
+from denoiser_core.passes import sanitize
+
+log = logging.getLogger("kprcan")
+
+NOISY_PASS = "Noisy Image"
+DIFFUSE_PASS = "Denoised Diffuse"
+SPECULAR_PASS = "Denoised Specular"
+
+
+def same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(input_path: Path, output_path: Path, overwrite: bool) -> None:
+    if same_file(input_path, output_path):
+        raise DenoiserError(f"{output_path}: output is the input file; choose another output path")
+    if output_path.is_dir():
+        raise DenoiserError(f"{output_path}: is a folder; give an output file name")
+    if output_path.exists() and not overwrite:
+        raise DenoiserError(f"{output_path}: exists (use --overwrite to replace it)")
+
+
+def denoisable_layers(image: ExrImage, denoiser: Denoiser) -> list[str]:
+    """View layers with every pass the model needs; the others are reported (warning or error)."""
+    ready, problems = [], []
+    for layer in image.layers:
+        available = image.canonical_passes(layer)
+        missing = denoiser.missing_passes(available)
+        if not missing:
+            ready.append(layer)
+        elif available:  # a layer of unrelated channels (no Blender passes) is not worth a message
+            problems.append(denoiser.missing_message(missing, f"view layer {layer!r}" if layer else "image"))
+    if not ready:
+        detail = problems[0] if problems else (
+            "no Blender render passes found (render to OpenEXR MultiLayer with the light passes and "
+            "Denoising Data enabled)")
+        raise DenoiserError(f"{image.path}: {detail}")
+    for problem in problems:
+        log.warning("%s: %s; layer left as is", image.path, problem)
+    for layer in ready:
+        passes = [p for p in image.layer_passes(layer).values() if p.canonical]
+        windows = {p.name: (p.size, _data_window(image, p.part)) for p in passes}
+        if len(set(windows.values())) > 1:
+            listing = ", ".join(f"{name} {w}x{h} at {origin}" for name, ((w, h), origin) in windows.items())
+            raise DenoiserError(f"{image.path}: passes of view layer {layer!r} have different sizes "
+                                f"(data windows differ): {listing}")
+    return ready
+
+
+def sanitize_image(image: ExrImage) -> None:
+    """Replace NaN/Inf in every float pass by 0 (with one warning): outputs are always finite."""
+    bad = {}
+    for exr_pass in image.passes:
+        if exr_pass.pixels.dtype.kind == "f":
+            count = exr_pass.pixels.size - int(np.count_nonzero(np.isfinite(exr_pass.pixels)))
+            if count:
+                exr_pass.pixels = sanitize(exr_pass.pixels)
+                bad[".".join(p for p in (exr_pass.layer, exr_pass.name) if p)] = count
+    if bad:
+        listing = ", ".join(f"{name} ({count})" for name, count in bad.items())
+        log.warning("%s: NaN/Inf values replaced by 0 in %s", image.path, listing)
+
+
+def _data_window(image: ExrImage, part: int) -> tuple[int, int]:
+    window = image.parts[part].header.get("dataWindow") if part < len(image.parts) else None
+    return (int(window[0][0]), int(window[0][1])) if window is not None else (0, 0)
+
+
+def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
+                  progress: Callable[[float], None] | None = None,
+                  cancel: Callable[[], bool] | None = None) -> list[str]:
+    """Denoise ``image`` in place (see denoise_file for what changes); returns the layers denoised."""
+    layers = denoisable_layers(image, denoiser)
+    sanitize_image(image)
+    for index, layer in enumerate(layers):
+        def layer_progress(fraction: float, index: int = index) -> None:
+            if progress is not None:
+                progress((index + fraction) / len(layers))
+
+        result = denoiser.denoise(image.canonical_passes(layer), tile, layer_progress, cancel)
+        passes = image.layer_passes(layer).values()
+        combined = next((p for p in passes if p.canonical == "combined"), None)
+        if combined is None:  # only Noisy Image in the file: the denoised beauty becomes a new Combined
+            noisy = next(p for p in passes if p.canonical == "noisy_image")
+            combined = image.set_pass(layer, "Combined", noisy.components, noisy.hwc.copy(), noisy.part)
+        if image.find(layer, NOISY_PASS) is None:  # keep Blender's own noisy pass when present
+            # set_pass takes Combined's very array (no copy); Combined gets a new one below
+            image.set_pass(layer, NOISY_PASS, combined.components, combined.hwc, combined.part)
+        channels = combined.pixels.shape[0]
+        combined.pixels = np.ascontiguousarray(result.beauty[..., :channels].transpose(2, 0, 1))
+        image.set_pass(layer, DIFFUSE_PASS, "RGB", result.diffuse, combined.part)
+        image.set_pass(layer, SPECULAR_PASS, "RGB", result.specular, combined.part)
+        del result
+    for part in image.parts:
+        part.header["kprcan.model"] = denoiser.info.name
+    return layers
+
+
+def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
+                 model: str | os.PathLike | Denoiser | None = None, device: str = "auto",
+                 tile: int = DEFAULT_TILE, overwrite: bool = False,
+                 progress: Callable[[float], None] | None = None, *,
+                 cancel: Callable[[], bool] | None = None, half: bool = False) -> Path:
+    """Denoise a multilayer EXR into ``output``; returns the output path.
+
+    The output keeps every part, layer, pass and channel of the input. In each denoised view layer
+    ``Combined`` holds the denoised beauty, the noisy one is kept as ``Noisy Image`` (the input's own
+    ``Noisy Image`` when it has one), and ``Denoised Diffuse`` / ``Denoised Specular`` are added. The file
+    is written atomically; on any error no output file is left behind. ``model`` may be an already loaded
+    Denoiser (for sequences). Nothing is done when checks fail: paths first, then model, then passes.
+    """
+    input_path, output_path = Path(input), Path(output)
+    check_exr_file(input_path)
+    check_output_path(input_path, output_path, overwrite)
+    temp = temp_path_for(output_path)  # proves the folder writable before any work
+    try:
+        denoiser = model if isinstance(model, Denoiser) else load_model(model, device)
+        image = read_exr(input_path)
+        denoise_image(image, denoiser, tile, progress, cancel)
+        write_exr_in_place(image, temp, half=half)
+        del image
+        if output_path.exists() and not overwrite:  # appeared while we worked (another process)
+            raise DenoiserError(f"{output_path}: exists (use --overwrite to replace it)")
+        os.replace(temp, output_path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return output_path

@@ -1,0 +1,118 @@
+"""Overlapping tiles whose stitched result equals one run over the whole image.
+
+The image is (virtually) padded by reflection at the bottom/right to a multiple of the model's
+``size_multiple``. It is cut into *cores* of ``tile`` pixels; each core is run inside a *window* that adds
+``receptive_radius`` pixels of context on every side (less at the image border, where the whole-image run
+sees the same border). Window origins and sizes are multiples of ``size_multiple`` so strided layers see the
+same sampling grid as in the whole-image run, and every window has the same size so the runtime sees one
+input shape (memory planning, TensorRT engines). The result is then exactly the whole-image result, with
+memory bounded by the window size instead of the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from denoiser_core.errors import DenoiserError
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis: the core it produces and the window it reads (padded coordinates)."""
+
+    core_start: int
+    core_end: int
+    window_start: int
+    window_end: int
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def axis_spans(length: int, tile: int, radius: int, multiple: int) -> list[Span]:
+    """Tiles along an axis of ``length`` pixels (cores clipped to ``length``, windows in padded space)."""
+    padded = round_up(length, multiple)
+    core = round_up(max(tile, 1), multiple)
+    margin = round_up(radius, multiple)
+    window = core + 2 * margin
+    if window >= padded:  # one window holds the whole axis: a single run, no repeated work
+        return [Span(0, length, 0, padded)]
+    spans = []
+    for start in range(0, padded, core):
+        window_start = min(max(start - margin, 0), padded - window)
+        spans.append(Span(start, min(start + core, length), window_start, window_start + window))
+    return spans
+
+
+def reflect_indices(start: int, end: int, length: int) -> np.ndarray:
+    """Source indices for padded positions [start, end): identity inside, mirror (no edge repeat) beyond."""
+    index = np.arange(start, end)
+    if length == 1:
+        return np.zeros_like(index)
+    period = 2 * (length - 1)
+    index = np.mod(index, period)
+    return np.where(index >= length, period - index, index)
+
+
+def window_of(image: np.ndarray, ys: Span, xs: Span) -> np.ndarray:
+    """(1, C, h, w) float32 window of an (H, W, C) image, reflection-padded where it leaves the image."""
+    height, width = image.shape[:2]
+    if ys.window_end <= height and xs.window_end <= width:
+        block = image[ys.window_start:ys.window_end, xs.window_start:xs.window_end]
+    else:
+        rows = reflect_indices(ys.window_start, ys.window_end, height)
+        cols = reflect_indices(xs.window_start, xs.window_end, width)
+        block = image[rows[:, None], cols[None, :]]
+    return np.ascontiguousarray(block.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def run_tiled(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    inputs: dict[str, np.ndarray],
+    output_channels: dict[str, int],
+    tile: int,
+    radius: int,
+    multiple: int,
+    progress: Callable[[float], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``run`` (NCHW feeds -> NCHW outputs) over tiles of ``inputs`` ((H, W, C) arrays of one size).
+
+    Returns (H, W, C) float32 outputs, finite everywhere (NaN/Inf a network produces become 0).
+    """
+    height, width = next(iter(inputs.values())).shape[:2]
+    rows = axis_spans(height, tile, radius, multiple)
+    cols = axis_spans(width, tile, radius, multiple)
+    outputs = {name: np.empty((height, width, c), np.float32) for name, c in output_channels.items()}
+    total = len(rows) * len(cols)
+    done = 0
+    for ys in rows:
+        for xs in cols:
+            if cancel is not None and cancel():
+                raise DenoiserError("cancelled")
+            feeds = {name: window_of(image, ys, xs) for name, image in inputs.items()}
+            results = run(feeds)
+            window_shape = (ys.window_end - ys.window_start, xs.window_end - xs.window_start)
+            for name, target in outputs.items():
+                _paste(target, results[name], name, window_shape, ys, xs)
+            done += 1
+            if progress is not None:
+                progress(done / total)
+    return outputs
+
+
+def _paste(target: np.ndarray, result: np.ndarray, name: str, window_shape: tuple[int, int],
+           ys: Span, xs: Span) -> None:
+    expected = (1, target.shape[2], *window_shape)
+    if result.shape != expected:
+        raise DenoiserError(f"model output {name} has shape {tuple(result.shape)}, expected {expected}",
+                            exit_code=1)
+    y0, x0 = ys.core_start - ys.window_start, xs.core_start - xs.window_start
+    core = result[0, :, y0:y0 + ys.core_end - ys.core_start, x0:x0 + xs.core_end - xs.core_start]
+    block = core.transpose(1, 2, 0)
+    target[ys.core_start:ys.core_end, xs.core_start:xs.core_end] = np.nan_to_num(
+        block, nan=0.0, posinf=0.0, neginf=0.0)

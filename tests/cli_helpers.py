@@ -1,0 +1,41 @@
+"""Running the real ``kprcan`` command line in a subprocess, isolated from the user's models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def kprcan(*args: str | os.PathLike, home: Path, model_path: Path | None = None, timeout: int = 300) -> Run:
+    """``python -m denoiser_core ARGS`` with HOME and $KPRCAN_MODEL_PATH pointing at test folders."""
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO), KPRCAN_MODEL_PATH=str(model_path or ""))
+    done = subprocess.run([sys.executable, "-m", "denoiser_core", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def assert_one_line_error(run: Run, code: int, *fragments: str) -> str:
+    """Exit ``code``, exactly one non-empty stderr line ``kprcan: error: ...`` containing ``fragments``."""
+    assert run.code == code, run.stderr
+    assert len(run.error_lines) == 1, run.stderr
+    line = run.error_lines[0]
+    assert line.startswith("kprcan: error: ") and "Traceback" not in run.stderr
+    for fragment in fragments:
+        assert fragment in line, line
+    return line

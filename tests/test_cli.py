@@ -1,0 +1,160 @@
+"""``kprcan denoise`` on good and bad input: real files, real ONNX models, the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import OpenEXR
+import pytest
+from cli_helpers import assert_one_line_error, kprcan
+from exr_fixtures import read_channels, synthetic_passes, write_blender_exr
+from onnx_models import save_model
+
+
+@pytest.fixture
+def setup(tmp_path):
+    models = tmp_path / "models"
+    save_model(models, "guided", name="fast")
+    save_model(models, "pooled", name="test-pooled")
+    source = write_blender_exr(tmp_path / "in.exr", synthetic_passes(24, 40, seed=1))
+
+    def run(*args, model_path=models):
+        return kprcan(*args, home=tmp_path / "home", model_path=model_path)
+
+    return tmp_path, source, run
+
+
+def _no_output(folder, *names):
+    for name in names:
+        assert not (folder / name).exists()
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_denoise_writes_a_finite_output_with_all_channels(setup):
+    tmp_path, source, run = setup
+    result = run("denoise", source, "-o", tmp_path / "out.exr", "--model", "test-pooled", "--tile", "8")
+    assert result.code == 0, result.stderr
+    before, after = read_channels(source), read_channels(tmp_path / "out.exr")
+    assert set(before) < set(after) and "ViewLayer.Denoised Diffuse.R" in after
+    assert all(np.isfinite(plane).all() for plane in after.values())
+
+
+def test_missing_file(setup):
+    tmp_path, _source, run = setup
+    result = run("denoise", tmp_path / "absent.exr", "-o", tmp_path / "o.exr")
+    assert_one_line_error(result, 2, "absent.exr: no such file")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_not_an_exr(setup):
+    tmp_path, _source, run = setup
+    (tmp_path / "photo.exr").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    assert_one_line_error(run("denoise", tmp_path / "photo.exr", "-o", tmp_path / "o.exr"), 2,
+                          "not an OpenEXR file")
+    _no_output(tmp_path, "o.exr")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_truncated_or_corrupt_exr(setup, damage):
+    tmp_path, _source, run = setup
+    data = bytearray(write_blender_exr(tmp_path / "big.exr", synthetic_passes(96, 96)).read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) * 2 // 3]
+    else:  # scribble over compressed pixel data in the middle of the file
+        middle = len(data) // 2
+        data[middle:middle + 400] = b"\xa5" * 400
+    (tmp_path / "bad.exr").write_bytes(bytes(data))
+    assert_one_line_error(run("denoise", tmp_path / "bad.exr", "-o", tmp_path / "o.exr"), 2, "corrupt")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_exr_without_the_needed_passes_names_them_and_the_blender_setting(setup):
+    tmp_path, _source, run = setup
+    passes = synthetic_passes(16, 16)
+    for name in ("glossy_direct", "glossy_indirect", "denoising_albedo", "denoising_normal",
+                 "denoising_depth"):
+        del passes[name]
+    thin = write_blender_exr(tmp_path / "thin.exr", passes)
+    assert_one_line_error(run("denoise", thin, "-o", tmp_path / "o.exr"), 2,
+                          "Glossy Direct (enable with view_layer.use_pass_glossy_direct = True)",
+                          "Denoising Albedo, Denoising Normal, Denoising Depth "
+                          "(enable with view_layer.cycles.denoising_store_passes = True)")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_passes_of_different_sizes(setup):
+    tmp_path, _source, run = setup
+    passes = synthetic_passes(16, 16)
+    channels = read_channels(write_blender_exr(tmp_path / "full.exr", passes))
+    box = (np.array([0, 0], np.int32), np.array([15, 15], np.int32))
+    small = (np.array([0, 0], np.int32), np.array([15, 7], np.int32))
+    beauty = {k: v for k, v in channels.items() if ".DiffDir." not in k}
+    diffuse = {k: v[:8] for k, v in channels.items() if ".DiffDir." in k}
+    OpenEXR.File([OpenEXR.Part({"displayWindow": box, "dataWindow": box}, beauty, "main"),
+                  OpenEXR.Part({"displayWindow": box, "dataWindow": small}, diffuse, "diffuse")]
+                 ).write(str(tmp_path / "sizes.exr"))
+    assert_one_line_error(run("denoise", tmp_path / "sizes.exr", "-o", tmp_path / "o.exr"), 2,
+                          "different sizes", "DiffDir 16x8")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_nan_and_inf_pixels_warn_and_give_a_finite_output(setup):
+    tmp_path, _source, run = setup
+    passes = synthetic_passes(16, 16)
+    passes["diffuse_direct"][2, 3] = np.nan
+    passes["combined"][4, 4, 0] = np.inf
+    passes["emission"][1, 1, 1] = -np.inf  # a pass the network never reads
+    dirty = write_blender_exr(tmp_path / "dirty.exr", passes)
+    result = run("denoise", dirty, "-o", tmp_path / "o.exr")
+    assert result.code == 0, result.stderr
+    assert "kprcan: warning:" in result.stderr and "NaN/Inf" in result.stderr
+    assert "in ViewLayer.Combined (1), ViewLayer.DiffDir (3), ViewLayer.Emit (1)" in result.stderr
+    assert all(np.isfinite(plane).all() for plane in read_channels(tmp_path / "o.exr").values())
+
+
+def test_output_equal_to_input_is_refused(setup):
+    tmp_path, source, run = setup
+    original = source.read_bytes()
+    for output in (source, tmp_path / "." / "in.exr"):
+        assert_one_line_error(run("denoise", source, "-o", output, "--overwrite"), 2, "input")
+    assert source.read_bytes() == original
+
+
+def test_unwritable_output_folder(setup):
+    tmp_path, source, run = setup
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    result = run("denoise", source, "-o", tmp_path / "a_file" / "o.exr")
+    assert_one_line_error(result, 2, "cannot write output")
+    if os.geteuid() != 0:  # root ignores folder permissions
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert_one_line_error(run("denoise", source, "-o", locked / "o.exr"), 2, "cannot write output")
+        _no_output(locked, "o.exr")
+
+
+def test_model_that_is_not_onnx_or_lacks_metadata(setup):
+    tmp_path, source, run = setup
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07 no graph here" * 10)
+    assert_one_line_error(run("denoise", source, "-o", tmp_path / "o.exr", "--model", tmp_path / "junk.onnx"),
+                          2, "not a valid ONNX model")
+    bare = save_model(tmp_path, "guided", name="bare", format_version=None, required_passes=None)
+    assert_one_line_error(run("denoise", source, "-o", tmp_path / "o.exr", "--model", bare), 2,
+                          "lacks kprcan.format_version, kprcan.required_passes")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_no_model_installed(setup):
+    tmp_path, source, run = setup
+    result = run("denoise", source, "-o", tmp_path / "o.exr", model_path=tmp_path / "empty")
+    if result.code == 0:
+        pytest.skip("a bundled model exists in this checkout")
+    assert_one_line_error(result, 2, "no models found")
+
+
+def test_usage_errors_are_one_line(setup):
+    tmp_path, source, run = setup
+    assert_one_line_error(run("denoise", source), 2, "-o/--output")
+    assert_one_line_error(run("denoise", source, "-o", tmp_path / "o.exr", "--tile", "0"), 2, "--tile")
+    result = run("denoise", source, "-o", tmp_path / "o.exr", "--device", "abacus")
+    assert_one_line_error(result, 2, "--device")

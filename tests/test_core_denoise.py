@@ -1,0 +1,158 @@
+"""Denoising passes and files end to end: decomposition, recombination, sanitising, output layout."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import numpy as np
+import OpenEXR
+import pytest
+from exr_fixtures import read_channels, synthetic_passes, write_blender_exr
+from onnx_models import save_model
+
+from denoiser_core import DenoiserError, denoise_file, load_model, read_exr
+from denoiser_core.passes import decompose, recombine
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {kind: load_model(str(save_model(folder, kind)), device="cpu")
+            for kind in ("identity", "guided", "pooled", "variance", "nonfinite")}
+
+
+def test_recombine_of_decompose_gives_back_combined():
+    passes = synthetic_passes(24, 32, seed=5)
+    parts = decompose(passes)
+    np.testing.assert_allclose(recombine(parts, parts.diffuse, parts.specular), passes["combined"],
+                               rtol=1e-5, atol=1e-5)
+    assert np.abs(parts.residual).max() > 0.5  # emission and environment ride along in the residual
+
+
+def test_identity_model_returns_the_noisy_render(models):
+    passes = synthetic_passes(24, 32, seed=6)
+    result = models["identity"].denoise(passes, tile=8)
+    np.testing.assert_allclose(result.beauty, passes["combined"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.diffuse, passes["diffuse_color"]
+                               * (passes["diffuse_direct"] + passes["diffuse_indirect"]), rtol=1e-6)
+    assert result.beauty.shape == (24, 32, 4) and result.specular.shape == (24, 32, 3)
+    assert set(result.outputs) == {"diffuse_denoised", "specular_denoised"}
+
+
+def test_filter_model_reduces_noise(models):
+    clean = synthetic_passes(48, 64, seed=7, noise=0.0)["combined"]
+    noisy = synthetic_passes(48, 64, seed=7, noise=0.5)
+    result = models["guided"].denoise(noisy)
+    error_before = np.mean((noisy["combined"] - clean) ** 2)
+    assert np.mean((result.beauty - clean) ** 2) < 0.5 * error_before
+
+
+def test_noisy_image_is_denoised_when_blender_already_denoised_combined(models):
+    passes = synthetic_passes(16, 16, seed=8)
+    passes["noisy_image"] = passes["combined"]
+    passes["combined"] = np.full_like(passes["combined"], 0.25)  # stands for Blender's OIDN result
+    result = models["identity"].denoise(passes)
+    np.testing.assert_allclose(result.beauty, passes["noisy_image"], rtol=1e-5, atol=1e-5)
+
+
+def test_nan_and_inf_inputs_are_sanitised_with_a_warning(models, caplog):
+    passes = synthetic_passes(16, 16, seed=9)
+    passes["diffuse_direct"][3, 4, 0] = np.nan
+    passes["combined"][5, 5, :2] = np.inf
+    passes["denoising_normal"][0, 0, 2] = -np.inf
+    with caplog.at_level(logging.WARNING, logger="kprcan"):
+        result = models["guided"].denoise(passes, tile=8)
+    assert result.nonfinite_inputs == 4 and "4 NaN/Inf input values" in caplog.text
+    for array in (result.beauty, result.diffuse, result.specular, *result.outputs.values()):
+        assert np.isfinite(array).all()
+
+
+def test_nonfinite_network_outputs_never_escape(models):
+    result = models["nonfinite"].denoise(synthetic_passes(16, 16))
+    assert np.isfinite(result.beauty).all() and np.isfinite(result.outputs["diffuse_denoised"]).all()
+
+
+def test_missing_passes_and_mismatched_sizes_are_reported(models):
+    passes = synthetic_passes(16, 16)
+    del passes["glossy_direct"], passes["denoising_albedo"]
+    with pytest.raises(DenoiserError, match="Glossy Direct.*use_pass_glossy_direct.*Denoising Albedo.*"
+                                            "denoising_store_passes"):
+        models["guided"].denoise(passes)
+    passes = synthetic_passes(16, 16)
+    passes["diffuse_color"] = passes["diffuse_color"][:8]
+    with pytest.raises(DenoiserError, match="different sizes"):
+        models["guided"].denoise(passes)
+
+
+def test_variance_model_needs_variance_inputs(models):
+    passes = synthetic_passes(16, 16)
+    with pytest.raises(DenoiserError, match="needs diffuse_variance"):
+        models["variance"].denoise(passes)
+    passes["diffuse_variance"] = passes["specular_variance"] = np.ones((16, 16, 1), np.float32)
+    assert np.isfinite(models["variance"].denoise(passes).beauty).all()
+
+
+def test_denoise_file_keeps_every_channel_and_adds_the_denoised_passes(tmp_path, models):
+    passes = synthetic_passes(20, 28, seed=10)
+    partial = {k: v for k, v in passes.items() if not k.startswith("glossy")}  # a layer we cannot denoise
+    source = write_blender_exr(tmp_path / "in.exr", passes, layers=("ViewLayer", "Fog.001"),
+                               extra={"ViewLayer.CryptoObject00.r": np.ones((20, 28), np.float32)})
+    # the second layer lacks the glossy passes: rewrite it without them
+    channels = {k: v for k, v in read_channels(source).items() if not k.startswith("Fog.001.Gloss")}
+    OpenEXR.File({"compression": OpenEXR.PIZ_COMPRESSION, "Camera": "Cam"}, channels).write(str(source))
+    out = denoise_file(source, tmp_path / "out" / "den.exr", model=models["guided"], tile=8)
+    before, after = read_channels(source), read_channels(out)
+    added = {f"ViewLayer.{p}.{c}" for p, cs in (("Noisy Image", "RGBA"), ("Denoised Diffuse", "RGB"),
+                                                 ("Denoised Specular", "RGB")) for c in cs}
+    assert set(after) == set(before) | added
+    np.testing.assert_array_equal(after["ViewLayer.Noisy Image.R"], before["ViewLayer.Combined.R"])
+    assert np.abs(after["ViewLayer.Combined.R"] - before["ViewLayer.Combined.R"]).max() > 1e-2
+    expected = models["guided"].denoise(passes, tile=8)
+    np.testing.assert_allclose(after["ViewLayer.Combined.G"], expected.beauty[..., 1], rtol=1e-6)
+    np.testing.assert_allclose(after["ViewLayer.Denoised Specular.B"], expected.specular[..., 2], rtol=1e-6)
+    for name in before:  # everything else, the undenoisable layer included, is untouched
+        if not name.startswith("ViewLayer.Combined"):
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    header = OpenEXR.File(str(out), header_only=True).header()
+    assert header["Camera"] == "Cam" and header["compression"] == OpenEXR.PIZ_COMPRESSION
+    assert header["kprcan.model"] == "guided"
+    assert partial and not list(out.parent.glob("*.tmp"))
+
+
+def test_existing_noisy_image_pass_is_kept_and_used(tmp_path, models):
+    passes = synthetic_passes(16, 16, seed=11)
+    passes["noisy_image"] = passes["combined"].copy()
+    passes["combined"] = np.full_like(passes["combined"], 0.5)
+    source = write_blender_exr(tmp_path / "in.exr", passes, blender_major=5, half=True)
+    after = read_channels(denoise_file(source, tmp_path / "out.exr", model=models["identity"]))
+    noisy = read_channels(source)["ViewLayer.Noisy Image.R"].astype(np.float32)
+    np.testing.assert_array_equal(after["ViewLayer.Noisy Image.R"], noisy)
+    np.testing.assert_allclose(after["ViewLayer.Combined.R"], noisy, rtol=1e-3, atol=1e-3)
+    assert "ViewLayer.Diffuse Direct.R" in after and after["ViewLayer.Combined.R"].dtype == np.float32
+
+
+def test_denoise_file_refuses_to_clobber(tmp_path, models):
+    source = write_blender_exr(tmp_path / "in.exr", synthetic_passes(8, 8))
+    with pytest.raises(DenoiserError, match="output is the input"):
+        denoise_file(source, tmp_path / "." / "in.exr", model=models["identity"], overwrite=True)
+    (tmp_path / "taken.exr").write_bytes(b"keep me")
+    with pytest.raises(DenoiserError, match="exists"):
+        denoise_file(source, tmp_path / "taken.exr", model=models["identity"])
+    assert (tmp_path / "taken.exr").read_bytes() == b"keep me"
+    denoise_file(source, tmp_path / "taken.exr", model=models["identity"], overwrite=True)
+    assert read_exr(tmp_path / "taken.exr").find("ViewLayer", "Noisy Image") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.exr", "taken.exr"]
+
+
+def test_output_gets_normal_file_permissions_and_noisy_only_files_work(tmp_path, models):
+    passes = synthetic_passes(8, 8)
+    passes["noisy_image"] = passes.pop("combined")  # a file with Blender's noisy pass but no Combined
+    source = write_blender_exr(tmp_path / "in.exr", passes)
+    out = denoise_file(source, tmp_path / "out.exr", model=models["identity"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    after = read_channels(out)
+    np.testing.assert_allclose(after["ViewLayer.Combined.R"], after["ViewLayer.Noisy Image.R"], atol=1e-5)

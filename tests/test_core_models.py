@@ -1,0 +1,100 @@
+"""Model discovery, contract metadata validation and device selection, on real ONNX files."""
+
+from __future__ import annotations
+
+import logging
+
+import onnxruntime as ort
+import pytest
+from onnx_models import save_model
+
+from denoiser_core import DenoiserError, ModelInfo, available_devices, list_models, load_model
+from denoiser_core.devices import providers_for
+from denoiser_core.models import MODEL_PATH_ENV, model_dirs, read_model_info
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    folder = tmp_path / "user_models"
+    save_model(folder, "guided", name="fast")
+    save_model(folder, "pooled", name="test-quality", filename="kprcan_test_quality.onnx")
+    monkeypatch.setenv(MODEL_PATH_ENV, f"{tmp_path / 'nowhere'}:{folder}")
+    return folder
+
+
+def test_metadata_is_read_into_model_info(tmp_path):
+    info = read_model_info(save_model(tmp_path, "pooled", name="pooled8"))
+    assert isinstance(info, ModelInfo)
+    assert (info.name, info.architecture) == ("pooled8", "test-filter")
+    assert (info.receptive_radius, info.size_multiple) == (3, 8)
+    assert info.needs_variance is False and info.parameters == 0
+    assert "denoising_albedo" in info.required_passes and info.path == (tmp_path / "pooled8.onnx").resolve()
+    assert info.metadata["kprcan.format_version"] == "1"
+    assert read_model_info(save_model(tmp_path, "variance")).needs_variance is True
+
+
+def test_list_models_finds_env_folders_and_resolves_names(user_models):
+    assert user_models in model_dirs()
+    found = {m.name: m for m in list_models()}
+    assert {"fast", "test-quality"} <= set(found)
+    assert load_model("test-quality").info.path.name == "kprcan_test_quality.onnx"
+    assert load_model("kprcan_test_quality").info.name == "test-quality"  # the file stem works too
+    with pytest.raises(DenoiserError, match="'nonexistent' not found"):
+        load_model("nonexistent")
+
+
+def test_default_model_is_fast_when_no_bundled_model_shadows_it(user_models):
+    names = [m.name for m in list_models()]
+    expected = "fast" if "fast" in names else names[0]
+    assert load_model(None).info.name == expected
+
+
+def test_unusable_model_files_are_skipped_in_listings(user_models, caplog):
+    (user_models / "garbage.onnx").write_bytes(b"\x00\x01 definitely not protobuf")
+    with caplog.at_level(logging.WARNING, logger="kprcan"):
+        names = [m.name for m in list_models()]
+    assert "fast" in names and "garbage" not in names
+    assert "garbage.onnx" in caplog.text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"format_version": None}, "lacks kprcan.format_version"),
+    ({"required_passes": None, "size_multiple": None}, "lacks kprcan.required_passes, kprcan.size_multiple"),
+    ({"format_version": "2"}, "format version 2.*update kprcan"),
+    ({"receptive_radius": "forty"}, "receptive_radius must be an integer"),
+    ({"required_passes": '["combined", "shiny"]'}, "unknown names.*shiny"),
+    ({"inputs": "diffuse"}, "inputs must be a JSON list"),
+    ({"inputs": '["diffuse", "specular"]'}, "graph inputs"),
+    ({"needs_variance": "maybe"}, "needs_variance must be true or false"),
+])
+def test_bad_metadata_is_rejected_with_the_reason(tmp_path, overrides, message):
+    path = save_model(tmp_path, "guided", name="bad", **overrides)
+    with pytest.raises(DenoiserError, match=message) as caught:
+        load_model(str(path))
+    assert caught.value.exit_code == 2 and str(path.name) in str(caught.value)
+
+
+def test_not_an_onnx_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"ONNX? no." * 50)
+    with pytest.raises(DenoiserError, match="not a valid ONNX model"):
+        load_model(str(path))
+    with pytest.raises(DenoiserError, match="model file not found"):
+        load_model(str(tmp_path / "absent.onnx"))
+
+
+def test_devices_and_cpu_fallback(tmp_path, caplog):
+    assert "cpu" in available_devices()
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(DenoiserError, match="unknown device"):
+        providers_for("tpu")
+    accelerators = ("cuda", "directml", "coreml", "tensorrt")
+    missing = next((d for d in accelerators if d not in available_devices()), None)
+    if missing is None:
+        pytest.skip("every accelerator provider is available here")
+    with caplog.at_level(logging.WARNING, logger="kprcan"):
+        denoiser = load_model(str(save_model(tmp_path, "guided")), device=missing)
+    assert denoiser.providers == ["CPUExecutionProvider"]
+    assert f"device '{missing}' is not available" in caplog.text
+    assert set(ort.get_available_providers()) >= set(denoiser.providers)

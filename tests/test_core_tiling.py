@@ -1,0 +1,98 @@
+"""Tiled inference equals whole-image inference (real ONNX models run by onnxruntime)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from exr_fixtures import synthetic_passes
+from onnx_models import save_model
+
+from denoiser_core import DenoiserError, load_model
+from denoiser_core.passes import decompose
+from denoiser_core.tiling import axis_spans, reflect_indices
+
+WHOLE = 1 << 20  # a tile larger than any test image: one window, the reference run
+
+
+@pytest.mark.parametrize("length, tile, radius, multiple", [
+    (53, 8, 2, 1), (53, 13, 3, 8), (64, 16, 3, 8), (7, 4, 2, 1), (100, 512, 40, 8), (9, 1, 0, 8),
+])
+def test_spans_cover_the_axis_with_aligned_equal_windows(length, tile, radius, multiple):
+    spans = axis_spans(length, tile, radius, multiple)
+    covered = np.concatenate([np.arange(s.core_start, s.core_end) for s in spans])
+    np.testing.assert_array_equal(covered, np.arange(length))  # every pixel exactly once, in order
+    padded = -(-length // multiple) * multiple
+    assert len({s.window_end - s.window_start for s in spans}) == 1
+    for s in spans:
+        assert s.window_start % multiple == 0 and s.window_end % multiple == 0
+        assert 0 <= s.window_start <= s.core_start < s.core_end <= s.window_end <= padded
+        assert s.core_start - s.window_start >= radius or s.window_start == 0
+        assert s.window_end - s.core_end >= radius or s.window_end == padded
+
+
+@pytest.mark.parametrize("length", [1, 2, 5])
+def test_reflect_indices_match_numpy_reflect_padding(length):
+    values = np.arange(length)
+    expected = np.pad(values, (0, 11), mode="reflect") if length > 1 else np.zeros(length + 11, int)
+    np.testing.assert_array_equal(values[reflect_indices(0, length + 11, length)], expected)
+
+
+@pytest.fixture(scope="module")
+def passes():
+    return synthetic_passes(53, 71, seed=3)
+
+
+@pytest.mark.parametrize("kind, tiles", [("guided", (8, 13, 24)), ("pooled", (8, 16, 20))])
+def test_tiled_equals_untiled(tmp_path, passes, kind, tiles):
+    denoiser = load_model(str(save_model(tmp_path, kind)), device="cpu")
+    whole = denoiser.denoise(passes, tile=WHOLE)
+    assert np.abs(whole.outputs["diffuse_denoised"] - decompose(passes).diffuse).max() > 1e-2  # it filters
+    for tile in tiles:
+        tiled = denoiser.denoise(passes, tile=tile)
+        for name, array in whole.outputs.items():
+            np.testing.assert_allclose(tiled.outputs[name], array, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name} tile {tile}")
+        np.testing.assert_allclose(tiled.beauty, whole.beauty, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_image_run_is_the_model_on_the_reflection_padded_image(tmp_path, passes):
+    path = save_model(tmp_path, "pooled")
+    result = load_model(str(path), device="cpu").denoise(passes, tile=WHOLE)
+    parts = decompose(passes)
+    pad = ((0, 56 - 53), (0, 72 - 71), (0, 0))  # to the size multiple 8
+    feeds = {name: np.pad(getattr(parts, name), pad, mode="reflect").transpose(2, 0, 1)[None].copy()
+             for name in ("diffuse", "specular", "albedo", "normal", "depth")}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    direct = session.run(["diffuse_denoised"], feeds)[0][0].transpose(1, 2, 0)[:53, :71]
+    np.testing.assert_allclose(result.outputs["diffuse_denoised"], direct, rtol=1e-6, atol=1e-6)
+
+
+def test_understated_receptive_radius_breaks_tiling(tmp_path, passes):
+    """The equality above holds because of the overlap: without it, tile seams appear."""
+    denoiser = load_model(str(save_model(tmp_path, "guided", receptive_radius="0")), device="cpu")
+    whole = denoiser.denoise(passes, tile=WHOLE).outputs["diffuse_denoised"]
+    tiled = denoiser.denoise(passes, tile=8).outputs["diffuse_denoised"]
+    assert np.abs(tiled - whole).max() > 1e-3
+
+
+def test_progress_reaches_one_and_cancel_stops(tmp_path, passes):
+    denoiser = load_model(str(save_model(tmp_path, "guided")), device="cpu")
+    seen: list[float] = []
+    denoiser.denoise(passes, tile=16, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == 4 * 5
+    calls = []
+
+    def cancel_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    seen.clear()
+    with pytest.raises(DenoiserError, match="^cancelled$"):
+        denoiser.denoise(passes, tile=16, progress=seen.append, cancel=cancel_after_three)
+    assert len(seen) == 3
+
+
+def test_no_repeated_work_when_one_window_holds_the_axis():
+    assert axis_spans(550, 512, 40, 8) == [axis_spans(550, 10_000, 40, 8)[0]]
+    assert len(axis_spans(600, 512, 40, 8)) == 2
