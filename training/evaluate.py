@@ -1,0 +1,173 @@
+"""Score denoisers against references: kprcan models (ONNX, through denoiser_core) and Intel OIDN.
+
+    python training/evaluate.py --data data/val --models fast quality --out docs/eval
+
+``--data`` holds one folder per view with ``reference.exr`` and noisy renders named ``spp<N>.exr``
+(or the two half-sample renders ``spp<N>_a.exr`` / ``spp<N>_b.exr``, averaged here as the full-sample
+input — the layout ``python -m training.datagen`` writes for its validation split).
+
+Metrics (training/metrics.py): relMSE on linear HDR, PSNR / SSIM / FLIP on clamped sRGB. Writes
+``results.csv`` (one row per view, spp and method), ``results.md`` (means per spp and method, and per
+view) and ``crops.png`` (noisy | OIDN | each model | reference, one row per view).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from denoiser_core import load_model, read_exr  # noqa: E402
+from denoiser_core.images import to_srgb, to_uint8, write_png  # noqa: E402
+from denoiser_core.passes import sanitize  # noqa: E402
+from training.metrics import all_metrics  # noqa: E402
+
+NOISY_NAME = re.compile(r"^spp(\d+)(?:_([ab]))?\.exr$")
+METRICS = ("relmse", "psnr", "ssim", "flip")
+
+
+def find_views(root: Path) -> list[Path]:
+    views = sorted(p.parent for p in root.rglob("reference.exr"))
+    if not views:
+        raise SystemExit(f"error: no view folders with reference.exr under {root}")
+    return views
+
+
+def noisy_inputs(view: Path) -> dict[int, list[Path]]:
+    """spp -> the file(s) whose mean is the noisy input at that sample count."""
+    found: dict[int, list[Path]] = defaultdict(list)
+    for path in sorted(view.glob("spp*.exr")):
+        match = NOISY_NAME.match(path.name)
+        if match:
+            found[int(match.group(1))].append(path)
+    return dict(found)
+
+
+def first_layer_passes(path: Path) -> dict[str, np.ndarray]:
+    image = read_exr(path)
+    for layer in image.layers:
+        passes = image.canonical_passes(layer)
+        if "combined" in passes:
+            return {name: np.array(array, np.float32) for name, array in passes.items()}
+    raise SystemExit(f"error: {path} has no Combined pass")
+
+
+def mean_passes(paths: list[Path]) -> dict[str, np.ndarray]:
+    """Average of half-sample renders: the full-sample estimate (each pass is a sample mean)."""
+    loaded = [first_layer_passes(p) for p in paths]
+    return {name: sum(p[name] for p in loaded) / len(loaded) for name in loaded[0]}
+
+
+def oidn_denoise(passes: dict[str, np.ndarray]) -> np.ndarray:
+    import pyoidn
+
+    color = np.ascontiguousarray(np.maximum(sanitize(passes["combined"][..., :3]), 0.0))
+    albedo = np.ascontiguousarray(np.clip(sanitize(passes["denoising_albedo"][..., :3]), 0.0, 1.0))
+    normal = np.ascontiguousarray(np.clip(sanitize(passes["denoising_normal"][..., :3]), -1.0, 1.0))
+    return pyoidn.denoise(color, albedo, normal, hdr=True, quality="high")
+
+
+def crop_box(reference: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left corner of the size×size window with the most detail (gradient energy) in the reference."""
+    h, w = reference.shape[:2]
+    size = min(size, h, w)
+    luminance = to_srgb(reference).mean(axis=2)
+    energy = np.abs(np.diff(luminance, axis=0))[:, :-1] + np.abs(np.diff(luminance, axis=1))[:-1, :]
+    best, corner = -1.0, (0, 0)
+    for y in range(0, h - size + 1, max(1, size // 4)):
+        for x in range(0, w - size + 1, max(1, size // 4)):
+            score = float(energy[y:y + size - 1, x:x + size - 1].sum())
+            if score > best:
+                best, corner = score, (y, x)
+    return corner
+
+
+def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oidn: bool,
+             crop_spp: int, device: str = "auto") -> tuple[list[dict], list[np.ndarray]]:
+    denoisers = {name: load_model(name, device) for name in model_names}
+    rows, crops = [], []
+    for view in find_views(data):
+        reference = first_layer_passes(view / "reference.exr")["combined"][..., :3]
+        inputs = noisy_inputs(view)
+        chosen = [s for s in sorted(inputs) if spps is None or s in spps]
+        for spp in chosen:
+            passes = mean_passes(inputs[spp])
+            results = {"noisy": (passes["combined"][..., :3], 0.0)}
+            if use_oidn:
+                start = time.perf_counter()
+                results["oidn"] = (oidn_denoise(passes), time.perf_counter() - start)
+            for name, denoiser in denoisers.items():
+                start = time.perf_counter()
+                results[name] = (denoiser.denoise(passes).beauty[..., :3], time.perf_counter() - start)
+            for method, (image, seconds) in results.items():
+                rows.append({"view": view.name, "spp": spp, "method": method, "seconds": seconds,
+                             **all_metrics(image, reference)})
+            if spp == crop_spp or (crop_spp not in chosen and spp == chosen[len(chosen) // 2]):
+                y, x = crop_box(reference, 96)
+                window = [to_srgb(img[y:y + 96, x:x + 96]) for img, _ in results.values()]
+                crops.append(np.concatenate(window + [to_srgb(reference[y:y + 96, x:x + 96])], axis=1))
+        print(f"  {view.name}: {len(chosen)} sample counts", flush=True)
+    return rows, crops
+
+
+def summarise(rows: list[dict]) -> str:
+    """Markdown: mean of each metric per (spp, method), then PSNR per view, spp and method."""
+    groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["spp"], row["method"])].append(row)
+    lines = ["| spp | method | relMSE ↓ | PSNR dB ↑ | SSIM ↑ | FLIP ↓ | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for (spp, method), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "noisy")):
+        means = {m: float(np.mean([r[m] for r in group])) for m in (*METRICS, "seconds")}
+        lines.append(f"| {spp} | {method} | {means['relmse']:.4f} | {means['psnr']:.2f} "
+                     f"| {means['ssim']:.4f} | {means['flip']:.4f} | {means['seconds']:.2f} |")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines += ["", "PSNR (dB) per view:", "", "| view | spp | " + " | ".join(methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+    per_view: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        per_view[(row["view"], row["spp"])][row["method"]] = row["psnr"]
+    for (view, spp), values in sorted(per_view.items()):
+        cells = " | ".join(f"{values.get(m, float('nan')):.2f}" for m in methods)
+        lines.append(f"| {view} | {spp} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True,
+                        help="folder of view folders (reference.exr + spp*.exr)")
+    parser.add_argument("--models", nargs="*", default=[], help="model names (bundled) or .onnx paths")
+    parser.add_argument("--spp", type=int, nargs="*", help="sample counts to score (default: all found)")
+    parser.add_argument("--no-oidn", action="store_true", help="skip Intel OIDN")
+    parser.add_argument("--crop-spp", type=int, default=16, help="sample count shown in crops.png")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("eval"),
+                        help="folder for results.csv/.md, crops.png")
+    args = parser.parse_args(argv)
+    rows, crops = evaluate(args.data, args.models, args.spp, not args.no_oidn, args.crop_spp, args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = summarise(rows)
+    (args.out / "results.md").write_text(table)
+    if crops:
+        width = max(c.shape[1] for c in crops)
+        padded = [np.pad(c, ((0, 2), (0, width - c.shape[1]), (0, 0))) for c in crops]
+        write_png(args.out / "crops.png", to_uint8(np.concatenate(padded, axis=0)))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
