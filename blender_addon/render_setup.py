@@ -1,0 +1,94 @@
+"""Which passes a model needs, what a scene lacks, and turning them on ("Configure passes")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import compat
+from .core import core
+
+# Denoised as part of the specular buffer when present (else passed through untouched): worth enabling.
+RECOMMENDED = ("volume_direct", "volume_indirect")
+
+
+def model_info(model: str | None):
+    """ModelInfo of a model name / path without creating an inference session."""
+    return core().models.resolve_model(model)
+
+
+def needed_passes(info) -> tuple[str, ...]:
+    """Canonical passes a render must have for ``info`` (the model's list plus the decomposition's)."""
+    return core().inference.required_passes(info)
+
+
+def rendered_view_layers(scene) -> list:
+    return [layer for layer in scene.view_layers if layer.use]
+
+
+def missing_passes(scene, info) -> dict[str, list[str]]:
+    """View-layer name -> canonical passes that layer will not deliver (only layers that lack some).
+
+    A layer the compositor drops (Blender 5.0, no Render Layers node) lacks all but Combined.
+    """
+    needed = needed_passes(info)
+    dropped = set(compat.view_layers_without_render_layers_node(scene))
+    missing = {}
+    for layer in rendered_view_layers(scene):
+        lacking = [name for name in needed if name != "combined"
+                   and (layer.name in dropped or not compat.pass_enabled(layer, name))]
+        if lacking:
+            missing[layer.name] = lacking
+    return missing
+
+
+@dataclass
+class SetupReport:
+    enabled: dict[str, list[str]] = field(default_factory=dict)   # view layer -> passes turned on
+    cycles_denoiser_disabled: bool = False
+    engine_changed: bool = False
+    output_format_changed: bool = False
+    render_layers_nodes: list[str] = field(default_factory=list)  # view layers given a compositor node
+
+    def summary(self) -> str:
+        parts = []
+        count = sum(len(v) for v in self.enabled.values())
+        if count:
+            parts.append(f"enabled {count} passes on {len(self.enabled)} view layer(s)")
+        if self.cycles_denoiser_disabled:
+            parts.append("turned Cycles' own denoiser off")
+        if self.engine_changed:
+            parts.append("switched the render engine to Cycles")
+        if self.output_format_changed:
+            parts.append("set the output format to OpenEXR MultiLayer (float)")
+        if self.render_layers_nodes:
+            parts.append("added Render Layers nodes so the compositor keeps the passes")
+        text = "; ".join(parts)
+        return text[:1].upper() + text[1:] if parts else "Passes already configured"
+
+
+def configure_passes(scene, info, multilayer_output: bool = False) -> SetupReport:
+    """Turn on every pass ``info`` needs on each rendered view layer, turn Cycles' denoiser off.
+
+    ``multilayer_output`` also makes the scene write OpenEXR MultiLayer frames (animation denoising reads
+    the passes from the written files).
+    """
+    report = SetupReport()
+    if scene.render.engine != "CYCLES":
+        scene.render.engine = "CYCLES"
+        report.engine_changed = True
+    wanted = (*needed_passes(info), *RECOMMENDED)
+    for layer in rendered_view_layers(scene):
+        turned_on = [name for name in wanted if not compat.pass_enabled(layer, name)]
+        for name in turned_on:
+            compat.enable_pass(layer, name)
+        if turned_on:
+            report.enabled[layer.name] = turned_on
+    report.render_layers_nodes = compat.ensure_render_layers_nodes(scene)
+    if compat.cycles_denoising_enabled(scene):
+        compat.disable_cycles_denoising(scene)
+        report.cycles_denoiser_disabled = True
+    settings = scene.render.image_settings
+    if multilayer_output and not (compat.is_multilayer_exr(settings) and settings.color_depth == "32"):
+        compat.set_multilayer_exr(settings)
+        report.output_format_changed = True
+    return report

@@ -1,0 +1,120 @@
+"""blender_addon/denoise.py run the way the tests can run it: ``python denoise.py scene.blend -- ...``
+with pip bpy (the same file runs as ``blender -b scene.blend -P denoise.py -- ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from addon_harness import REPO, built_linux_zip, run_bpy
+from onnx_models import save_model
+
+from denoiser_core import read_exr
+
+pytestmark = pytest.mark.slow
+SCRIPT = REPO / "blender_addon" / "denoise.py"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> dict:
+    """A saved 3-frame animation (.blend) and the guided test model."""
+    root = tmp_path_factory.mktemp("headless")
+    blend = root / "anim.blend"
+    run_bpy(f"build_scene(samples=1, frames=3)\nbpy.ops.wm.save_as_mainfile(filepath={str(blend)!r})\n"
+            "emit(saved=True)", root / "user")
+    return {"blend": blend, "model": save_model(root / "models", "guided"), "root": root}
+
+
+def denoise(script: Path, blend: Path, *options: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), str(blend), "--", *options], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_three_frames_render_and_denoise_to_exr_and_png(scene, tmp_path):
+    out = tmp_path / "denoised"
+    result = denoise(SCRIPT, scene["blend"], "--frames", "1-3", "--samples", "1", "--output", f"{out}/",
+                     "--model", str(scene["model"]), "--device", "cpu", "--png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = [f"anim_000{frame}.{ext}" for frame in (1, 2, 3) for ext in ("exr", "png")]
+    assert sorted(p.name for p in out.iterdir()) == expected
+    first, last = read_exr(out / "anim_0001.exr"), read_exr(out / "anim_0003.exr")
+    assert {"Combined", "Noisy Image", "Denoised Diffuse", "Denoised Specular", "DiffDir"} <= \
+        {p.name for p in first.passes}
+    moved = first.find("ViewLayer", "Combined").hwc - last.find("ViewLayer", "Combined").hwc
+    assert abs(moved).max() > 0.05  # the sphere moves: each frame is its own render
+    assert png_size(out / "anim_0002.png") == (64, 48)
+    assert "frame 3:" in result.stdout
+
+
+def test_relative_output_and_no_overwrite_without_asking(scene, tmp_path):
+    args = ("--frames", "2", "--samples", "1", "--output", "//out/", "--model", str(scene["model"]))
+    blend = tmp_path / "copy.blend"
+    blend.write_bytes(scene["blend"].read_bytes())
+    assert denoise(SCRIPT, blend, *args, cwd=tmp_path).returncode == 0
+    target = tmp_path / "out" / "copy_0002.exr"  # "//" is the .blend's folder
+    before = target.read_bytes()
+    again = denoise(SCRIPT, blend, *args, cwd=tmp_path)
+    assert again.returncode == 2 and "exists (use --overwrite" in again.stderr
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--model", "/nonexistent/model.onnx"), "model file not found"),
+    (("--frames", "5-2"), "end before start"),
+    (("--samples", "0"), "--samples must be at least 1"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(scene, tmp_path, options, message):
+    out = tmp_path / "out"
+    result = denoise(SCRIPT, scene["blend"], "--output", str(out), "--model", str(scene["model"]), *options,
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_blend_file(tmp_path):
+    result = denoise(SCRIPT, tmp_path / "nope.blend", cwd=tmp_path)
+    assert result.returncode == 2 and "no such .blend file" in result.stderr
+
+
+def test_script_inside_the_extension_zip_uses_its_bundled_core(scene, tmp_path):
+    """The copy shipped in the extension runs standalone and imports the denoiser_core next to it."""
+    unpacked = tmp_path / "extension"
+    with zipfile.ZipFile(built_linux_zip()) as archive:
+        archive.extractall(unpacked, [n for n in archive.namelist() if not n.startswith("wheels/")])
+    result = denoise(unpacked / "denoise.py", scene["blend"], "--frames", "1", "--samples", "1",
+                     "--output", str(tmp_path / "out"), "--model", str(scene["model"]), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"denoiser_core from {unpacked / 'denoiser_core'}" in result.stdout
+    assert (tmp_path / "out" / "anim_0001.exr").is_file()
+
+
+@pytest.mark.bpy5
+def test_installed_extension_script_in_blender_5(scene, bpy5_python, tmp_path):
+    """The extension's own denoise.py under bpy 5.0, whose Python has no onnxruntime: the installed
+    extension's wheels (on sys.path, as in ``blender -b -P``) and bundled core do the work."""
+    user = tmp_path / "user"
+    run_bpy(f"install({str(built_linux_zip())!r})\nemit(ok=True)", user, python=bpy5_python)
+    script = user / "extensions" / "user_default" / "kprcan_denoiser" / "denoise.py"
+    out = tmp_path / "out"
+    result = subprocess.run([bpy5_python, str(script), str(scene["blend"]), "--", "--frames", "1-2",
+                             "--samples", "1", "--output", str(out), "--model", str(scene["model"])],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env=dict(os.environ, BLENDER_USER_RESOURCES=str(user)))
+    shutil.rmtree(user, ignore_errors=True)  # the installed extension: about 700 MB
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = {p.name for p in read_exr(out / "anim_0002.exr").passes}
+    assert {"Diffuse Direct", "Denoised Diffuse", "Noisy Image"} <= names  # 5.0 pass names
