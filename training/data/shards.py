@@ -1,0 +1,149 @@
+"""Map-style torch dataset over the fp16 patch shards written by ``python -m training.datagen pack``.
+
+Each item is the training-sample dict of docs/contract.md: float32 CHW tensors ``diffuse``, ``specular``,
+``albedo``, ``normal``, ``depth``, ``diffuse_variance``, ``specular_variance``, ``diffuse_reference``,
+``specular_reference``, ``diffuse_color``.
+
+Augmentation (``augment=True``): a random ``patch_size`` crop of the stored patch, a random one of the 8
+flips/rotations of the square, and a random permutation of the RGB channels (the same for every colour
+tensor). ``normal`` is Cycles' Denoising Normal, which is in *camera space* (x right, y up, z away from
+the camera), so the geometric transforms also transform the normals: a horizontal flip negates x, a
+vertical flip negates y, a transpose maps (x, y) -> (-y, -x). Depth, albedo and variances are invariant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLOUR = ("diffuse", "specular", "albedo", "diffuse_reference", "specular_reference", "diffuse_color")
+
+
+def _index_files(paths) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(path.glob("**/index.json"))
+        elif path.name.endswith(".json"):
+            found.append(path)
+        else:
+            raise ValueError(f"not a packed-shard folder or index.json: {path}")
+    if not found:
+        raise ValueError(f"no index.json under {list(map(str, paths))}")
+    return found
+
+
+def transform_sample(arrays: dict[str, np.ndarray], flip_x: bool, flip_y: bool, transpose: bool,
+                     perm=(0, 1, 2)) -> dict[str, np.ndarray]:
+    """One of the 8 symmetries of the square plus an RGB permutation, applied to CHW arrays."""
+    out = {}
+    for name, a in arrays.items():
+        if flip_x:
+            a = a[:, :, ::-1]
+        if flip_y:
+            a = a[:, ::-1, :]
+        if transpose:
+            a = a.transpose(0, 2, 1)
+        if name == "normal":  # camera-space normals follow the image (x right, y up)
+            a = a.copy()
+            if flip_x:
+                a[0] = -a[0]
+            if flip_y:
+                a[1] = -a[1]
+            if transpose:
+                a = np.stack([-a[1], -a[0], a[2]])
+        if name in COLOUR:
+            a = a[list(perm)]
+        out[name] = np.ascontiguousarray(a)
+    return out
+
+
+def augment_sample(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random flip/rotation (normals kept consistent) and RGB permutation."""
+    flip_x, flip_y, transpose = (bool(b) for b in rng.integers(0, 2, 3))
+    return transform_sample(arrays, flip_x, flip_y, transpose, tuple(rng.permutation(3)))
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Training samples from packed shards.
+
+    ``paths``: packed folders (searched for index.json), index.json files, or a list of them.
+    ``patch_size``: crop size (<= stored patch size; None = the stored size).
+    ``spp``: keep only these noisy sample counts. ``augment``: see module docstring; without it the
+    crop is centred and nothing else changes. ``seed``: base of the per-sample augmentation RNG (each
+    sample's RNG is seeded by (seed, epoch, index); call ``set_epoch`` to vary it between epochs).
+    Patches with non-finite values (e.g. corrupted files) are skipped at load: ``dropped_nonfinite``.
+    """
+
+    def __init__(self, paths, patch_size: int | None = 64, augment: bool = True,
+                 spp: list[int] | tuple[int, ...] | None = None, seed: int = 0):
+        self.entries: list[tuple[Path, int, dict]] = []
+        self.channels: list[tuple[str, int]] | None = None
+        for index_file in _index_files(paths):
+            index = json.loads(index_file.read_text())
+            channels = [tuple(c) for c in index["channels"]]
+            if self.channels not in (None, channels):
+                raise ValueError(f"{index_file}: channel layout differs from the other shards")
+            self.channels = channels
+            for shard in index["shards"]:
+                for row, meta in enumerate(shard["items"]):
+                    if spp is None or meta["spp"] in spp:
+                        self.entries.append((index_file.parent / shard["file"], row, meta))
+        if not self.entries:
+            raise ValueError("no patches found (wrong path or spp filter?)")
+        self.patch_size, self.augment, self.seed, self.epoch = patch_size, augment, seed, 0
+        self.dropped_nonfinite = 0
+        self._arrays: dict[Path, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _array(self, path: Path) -> np.ndarray:
+        if path not in self._arrays:  # memory-mapped: workers share the page cache, nothing is copied
+            self._arrays[path] = np.load(path, mmap_mode="r")
+        return self._arrays[path]
+
+    def raw(self, i: int) -> np.ndarray:
+        path, row, _meta = self.entries[i]
+        return np.asarray(self._array(path)[row], dtype=np.float32)
+
+    def meta(self, i: int) -> dict:
+        return self.entries[i][2]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        for attempt in range(len(self)):
+            j = (i + attempt) % len(self)
+            data = self.raw(j)
+            if np.isfinite(data).all():
+                return self._sample(data, np.random.default_rng([self.seed, self.epoch, j]))
+            self.dropped_nonfinite += 1
+        raise RuntimeError("every patch in the dataset has non-finite values")
+
+    def _sample(self, data: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        _c, h, w = data.shape
+        size = self.patch_size or min(h, w)
+        if size > min(h, w):
+            raise ValueError(f"patch_size {size} is larger than the stored patches ({h}x{w})")
+        if self.augment:
+            y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        else:
+            y, x = (h - size) // 2, (w - size) // 2
+        arrays, start = {}, 0
+        for name, count in self.channels:
+            arrays[name] = data[start:start + count, y:y + size, x:x + size]
+            start += count
+        for name in ("diffuse", "specular"):
+            arrays[f"{name}_variance"] = arrays.pop(f"{name}_std") ** 2
+        if self.augment:
+            arrays = augment_sample(arrays, rng)
+        return {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+                for name, a in arrays.items()}

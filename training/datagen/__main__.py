@@ -1,0 +1,97 @@
+"""Command line of the training-data factory.
+
+    python -m training.datagen render --out data --split train --views 300        # procedural views
+    python -m training.datagen render --out data --split val --views 6 --resolution 256 256 --ref-spp 4096
+    python -m training.datagen render --out data --blend scenes/*.blend --views 20 --frames 1 10 20
+    python -m training.datagen pack --out data --split train                        # incremental
+    python -m training.datagen summary --out data --docs docs                       # stats + contact sheet
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.datagen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="render views (resumable)")
+    r.add_argument("--out", type=Path, required=True, help="output root (EXRs, manifest)")
+    r.add_argument("--split", choices=["train", "val", "test"], default="train")
+    r.add_argument("--views", type=int, default=300, help="number of views (scene seeds) in the run")
+    r.add_argument("--first", type=int, default=0, help="index of the first view (extends a run)")
+    r.add_argument("--resolution", type=int, nargs=2, default=(128, 128), metavar=("W", "H"))
+    r.add_argument("--spp", type=int, nargs="+", default=(4, 16, 64), help="noisy sample counts (even)")
+    r.add_argument("--ref-spp", type=int, default=256)
+    r.add_argument("--jobs", type=int, default=1, help="render processes at once")
+    r.add_argument("--threads", type=int, default=2, help="Cycles threads per render process")
+    r.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N: render every N-th view")
+    r.add_argument("--blend", nargs="+", default=[], help="user .blend files instead of procedural scenes")
+    r.add_argument("--frames", type=int, nargs="+", default=[], help="frames to pick from (--blend)")
+    r.add_argument("--python", default=None, help="interpreter with pip bpy (default: this one)")
+    r.add_argument("--log", type=Path, default=None, help="log file (default: OUT/datagen.log)")
+    p = sub.add_parser("pack", help="pack finished views into fp16 patch shards (incremental)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", choices=["train", "val", "test"], default="train")
+    p.add_argument("--patch", type=int, default=64, help="stored patch size (train crops are <= this)")
+    p.add_argument("--full", action="store_true", help="store whole images instead of patches (val)")
+    p.add_argument("--max-firefly-fraction", type=float, default=0.002)
+    p.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("summary", help="manifest statistics and a contact sheet of references")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--docs", type=Path, default=Path("docs"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "render":
+        from training.datagen import generate, plan
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=args.log or args.out / "datagen.log", level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(message)s")
+        for path in args.blend:
+            if not Path(path).is_file():
+                print(f"error: no such .blend file: {path}", file=sys.stderr)
+                return 2
+        if any(n % 2 for n in args.spp):
+            print("error: --spp values must be even (each is rendered as two halves)", file=sys.stderr)
+            return 2
+        settings = plan.Settings(split=args.split, views=args.views, first=args.first,
+                                 resolution=tuple(args.resolution), spp=tuple(args.spp),
+                                 ref_spp=args.ref_spp, threads=args.threads, blends=args.blend,
+                                 frames=args.frames)
+        generate.run(settings, args.out, jobs=args.jobs, shard=args.shard, python=args.python)
+        return 0
+    if args.command == "pack":
+        from training.datagen import pack
+
+        stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
+                                max_firefly_fraction=args.max_firefly_fraction, seed=args.seed)
+        print(stats)
+        return 0
+    if args.command == "summary":
+        from training.datagen import summary
+
+        print(summary.write_summary(args.out, args.docs))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

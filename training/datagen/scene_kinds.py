@@ -1,0 +1,154 @@
+"""Scene kinds composed from the building blocks in scenes.py. Entry point: ``make_scene``."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from training.datagen.scenes import (
+    KINDS,
+    _color,
+    _r,
+    _vec,
+    camera,
+    hair_object,
+    local_light,
+    make_material,
+    make_object,
+    sky_world,
+    sun,
+    thin_geometry,
+)
+
+
+def _box(location, scale, material) -> dict:
+    return {"mesh": "cube", "location": _vec(*location), "scale": _vec(*scale), "material": material}
+
+
+def _floor(rng: random.Random, size: float = 30.0) -> dict:
+    return {"mesh": "plane", "scale": _vec(size, size, 1), "material": make_material(
+        rng, rng.choice(["diffuse", "diffuse", "plastic", "coated"]))}
+
+
+def interior(rng: random.Random) -> dict:
+    """A closed room lit mostly indirectly: sun and sky through a window opening, maybe a lamp."""
+    w, d, h, t = rng.uniform(4, 8), rng.uniform(4, 8), rng.uniform(2.6, 3.6), 0.1
+    wall = make_material(rng, "diffuse")
+    objects = [_floor(rng, max(w, d)), _box((0, 0, h + t), (w / 2, d / 2, t), wall),
+               _box((-w / 2 - t, 0, h / 2), (t, d / 2, h / 2), wall),
+               _box((w / 2 + t, 0, h / 2), (t, d / 2, h / 2), wall),
+               _box((0, -d / 2 - t, h / 2), (w / 2, t, h / 2), wall)]
+    # back wall (+y) with a window: four boxes around the opening
+    ww, wh, wz = rng.uniform(0.8, w * 0.6), rng.uniform(0.8, h * 0.6), rng.uniform(0.6, 1.2)
+    wx = rng.uniform(-w / 2 + ww / 2 + 0.2, w / 2 - ww / 2 - 0.2)
+    y = d / 2 + t
+    objects += [_box((wx, y, wz / 2), (ww / 2, t, wz / 2), wall),
+                _box((wx, y, (wz + wh + h) / 2), (ww / 2, t, (h - wz - wh) / 2), wall),
+                _box(((-w / 2 + wx - ww / 2) / 2, y, h / 2), ((wx - ww / 2 + w / 2) / 2, t, h / 2), wall),
+                _box(((w / 2 + wx + ww / 2) / 2, y, h / 2), ((w / 2 - wx - ww / 2) / 2, t, h / 2), wall)]
+    for _ in range(rng.randint(3, 7)):
+        objects.append(make_object(rng, (0, 0), min(w, d) / 3, size=(0.2, 0.6)))
+    elevation = rng.uniform(0.15, 0.8)
+    # the sun shines in through the window (+y side), from somewhere in front of it
+    lights = [sun(rng, elevation, math.pi / 2 + rng.uniform(-0.7, 0.7), rng.uniform(2, 8))]
+    if rng.random() < 0.4:
+        lamp = local_light(rng, [0, 0, 0], 1.0)
+        lamp["location"][2] = _r(h - 0.3)
+        lights.append(lamp)
+    target = _vec(rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.3, 1.2))
+    cam = camera(rng, target, (1.5, min(w, d) / 2 - 0.2), (0.8, h - 0.4))
+    return {"world": sky_world(rng, elevation), "lights": lights, "objects": objects, "camera": cam}
+
+
+def exterior(rng: random.Random) -> dict:
+    elevation = rng.uniform(0.05, 1.2)
+    objects = [_floor(rng, 60)] + [make_object(rng, (0, 0), 3.0, size=(0.3, 1.2))
+                                   for _ in range(rng.randint(4, 10))]
+    lights = [sun(rng, elevation, rng.uniform(0, 2 * math.pi), rng.uniform(2, 6))]
+    cam = camera(rng, _vec(0, 0, rng.uniform(0.3, 1.0)), (4, 9), (0.5, 4))
+    return {"world": sky_world(rng, elevation), "lights": lights, "objects": objects, "camera": cam}
+
+
+def studio(rng: random.Random) -> dict:
+    objects = [_floor(rng, 20)] + [make_object(rng, (0, 0), 1.8) for _ in range(rng.randint(3, 6))]
+    lights = [local_light(rng, [0, 0, 0.5], 3.0) for _ in range(rng.randint(1, 3))]
+    world = {"type": "color", "color": _color(rng, 0.0, 0.3), "strength": _r(rng.uniform(0.0, 1.0))}
+    cam = camera(rng, _vec(0, 0, 0.6), (4, 8), (0.8, 4))
+    return {"world": world, "lights": lights, "objects": objects, "camera": cam}
+
+
+def caustics(rng: random.Random) -> dict:
+    objects = [_floor(rng, 20)]
+    objects += [make_object(rng, (0, 0), 1.2, size=(0.3, 0.8), material=make_material(rng, "glass"))
+                for _ in range(rng.randint(2, 4))]
+    objects += [make_object(rng, (0, 0), 2.0, size=(0.2, 0.6), material=make_material(rng, "metal"))
+                for _ in range(rng.randint(0, 2))]
+    light = local_light(rng, [0, 0, 0], 1.5)
+    light.update(type=rng.choice(["POINT", "SPOT"]), size=_r(rng.uniform(0.01, 0.1)),
+                 energy=_r(rng.uniform(300, 1500)), spot_size=1.2)
+    world = {"type": "color", "color": _color(rng, 0.0, 0.2), "strength": _r(rng.uniform(0.0, 0.5))}
+    cam = camera(rng, _vec(0, 0, 0.4), (3, 6), (1.0, 4))
+    return {"world": world, "lights": [light], "objects": objects, "camera": cam}
+
+
+def volume(rng: random.Random) -> dict:
+    scene = studio(rng)
+    if rng.random() < 0.5:  # fog filling the whole set (camera inside), lit by a spot
+        scene["objects"].append({"mesh": "cube", "location": _vec(0, 0, 4), "scale": _vec(12, 12, 4),
+                                 "material": {"volume": {"density": _r(rng.uniform(0.01, 0.12)),
+                                                         "color": _color(rng, 0.7, 1.0),
+                                                         "anisotropy": _r(rng.uniform(-0.3, 0.7))}}})
+        spot = local_light(rng, [0, 0, 0], 2.0)
+        spot.update(type="SPOT", spot_size=_r(rng.uniform(0.3, 0.9)), energy=_r(rng.uniform(500, 3000)))
+        scene["lights"].append(spot)
+    else:  # a smoke-like cube: density from a noise texture
+        s = rng.uniform(0.6, 1.5)
+        scene["objects"].append({"mesh": "cube", "location": _vec(rng.uniform(-1, 1), rng.uniform(-1, 1), s),
+                                 "scale": _vec(s, s, s), "material": {"volume": {
+                                     "density": _r(rng.uniform(0.5, 4)), "color": _color(rng, 0.5, 1.0),
+                                     "noise_density": True, "noise_scale": _r(rng.uniform(1, 5))}}})
+    return scene
+
+
+def closeup(rng: random.Random) -> dict:
+    """Few objects filling the frame: textures, bump and normal maps, often depth of field."""
+    scene = studio(rng)
+    for obj in scene["objects"][1:]:
+        obj["material"]["texture"] = {"type": rng.choice(["noise", "voronoi", "checker", "wave", "brick",
+                                                          "image"]),
+                                      "scale": _r(rng.uniform(5, 80)), "seed": rng.randrange(10**6),
+                                      "color2": _color(rng), "color1": _color(rng)}
+    scene["camera"] = camera(rng, _vec(0, 0, 0.6), (1.5, 3.5), (0.5, 2))
+    if rng.random() < 0.5:
+        scene["camera"]["dof"] = {"distance": _r(rng.uniform(1.5, 3.0)), "fstop": _r(rng.uniform(0.5, 2.8))}
+    return scene
+
+
+BUILDERS = {"interior": interior, "exterior": exterior, "studio": studio, "caustics": caustics,
+            "volume": volume, "closeup": closeup}
+assert set(BUILDERS) == set(KINDS)
+
+
+def make_scene(seed: int, resolution: tuple[int, int] = (128, 128), kind: str | None = None) -> dict:
+    """A complete scene spec for ``seed``; the kind is drawn from the seed unless given."""
+    rng = random.Random(seed)
+    kind = kind or rng.choices(KINDS, [3, 3, 2, 2, 2, 2])[0]
+    scene = BUILDERS[kind](rng)
+    # extras that any kind may get
+    if rng.random() < 0.2:
+        scene["objects"].append(hair_object(rng, (rng.uniform(-1, 1), rng.uniform(-1, 1))))
+    if rng.random() < 0.25:
+        scene["objects"].append(thin_geometry(rng, (0.0, 0.0)))
+    if rng.random() < 0.25:
+        scene["objects"].append(make_object(rng, (0, 0), 2.0, size=(0.1, 0.3),
+                                            material=make_material(rng, "emissive")))
+    if rng.random() < 0.2:
+        moving = [o for o in scene["objects"][1:] if "volume" not in o["material"]]
+        for obj in rng.sample(moving, min(len(moving), rng.randint(1, 3))):
+            obj["motion"] = {"location_delta": _vec(*(rng.uniform(-0.4, 0.4) for _ in range(3))),
+                             "rotation_delta": _vec(0, 0, rng.uniform(-0.5, 0.5))}
+        if rng.random() < 0.3:
+            scene["camera"]["motion"] = {"location_delta": _vec(rng.uniform(-0.1, 0.1), 0, 0)}
+        scene["motion_blur"] = {"shutter": _r(rng.uniform(0.3, 1.0))}
+    scene.update(kind=kind, seed=seed, resolution=list(resolution))
+    return scene
