@@ -1,0 +1,115 @@
+"""Networks, graph and config: registry, receptive radius, kernel application, losses, config loading."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.training_helpers import ALL_CONFIGS, CONFIGS, REPO, tiny_config
+from training.archs import ARCH_REGISTRY, build_arch
+from training.archs.blocks import GLOBAL_POOL_RADIUS, ChannelAttention
+from training.archs.kernels import apply_kernels
+from training.archs.summary import example_inputs, flops_per_megapixel, measured_receptive_radius
+from training.config import LossConfig, load_config
+from training.graph import build_graph
+from training.losses import DenoiseLoss, tonemap
+
+
+def test_registry_names_every_architecture_and_rejects_unknown_arguments():
+    names = {"kpcn", "kprcn", "kprcan", "direct_cnn", "direct_rcn", "direct_rcan", "kpunet"}
+    assert names <= set(ARCH_REGISTRY)
+    with pytest.raises(ValueError, match="unknown model.type"):
+        build_arch({"type": "nope"}, 10)
+    with pytest.raises(ValueError, match="takes no argument predict_kernel"):
+        build_arch({"type": "direct_cnn", "predict_kernel": 5}, 10)
+
+
+def test_kernel_application_matches_unfold_reference():
+    torch.manual_seed(0)
+    color, logits = torch.rand(2, 3, 9, 11), torch.randn(2, 25, 9, 11)
+    weights = torch.softmax(logits, 1)
+    patches = F.unfold(color, 5, padding=2).view(2, 3, 25, 9, 11)
+    expected = (patches * weights[:, None]).sum(2)
+    assert torch.allclose(apply_kernels(color, logits, 5), expected, atol=1e-6)
+
+
+def test_local_channel_attention_pools_exactly_over_the_window():
+    torch.manual_seed(0)
+    attention = ChannelAttention(8, reduction=2, pool="local", window=5)
+    x = torch.randn(1, 8, 12, 13)
+    squeezed = F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)  # pool first, then reduce
+    expected = x * torch.sigmoid(attention.expand(torch.relu(attention.reduce(squeezed))))
+    assert torch.allclose(attention(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_declared_receptive_radius_covers_the_measured_one(name):
+    graph = build_graph(tiny_config(name))
+    radius = min(graph.receptive_radius, 40)
+    size = -(-(2 * radius + 9) // graph.size_multiple) * graph.size_multiple
+    measured = measured_receptive_radius(graph, size)
+    assert 0 < measured <= graph.receptive_radius
+    if name == "kprcan_global":
+        assert graph.receptive_radius >= GLOBAL_POOL_RADIUS and measured >= size // 2 - 1
+
+
+def test_full_presets_have_the_documented_shape():
+    fast = build_graph(load_config(CONFIGS / "fast.yaml"))
+    params = sum(p.numel() for p in fast.parameters())
+    assert 300_000 <= params <= 1_000_000 and fast.size_multiple == 8
+    assert flops_per_megapixel(fast, 64) / 1e9 <= 100
+    kpcn = build_graph(load_config(CONFIGS / "kpcn.yaml"))
+    assert kpcn.size_multiple == 1 and kpcn.receptive_radius == 9 * 2 + 1  # 9 convs of 5x5, + gradients
+    four_block = build_graph(load_config(CONFIGS / "kprcan_4block.yaml"))
+    local = four_block.nets["diffuse"].receptive_radius - 4 * 15  # minus four 31x31 attention windows
+    assert local == kpcn.nets["diffuse"].receptive_radius
+
+
+def test_graph_outputs_are_finite_and_non_negative_for_kernel_models():
+    graph = build_graph(tiny_config("kpcn")).eval()
+    inputs = example_inputs(graph, 16, 20)
+    inputs["depth"][..., 0, 0] = 1e10  # Cycles' background depth
+    with torch.no_grad():
+        diffuse, specular = graph(**inputs)
+    assert diffuse.shape == (1, 3, 16, 20) and specular.shape == (1, 3, 16, 20)
+    assert torch.isfinite(diffuse).all() and (specular >= -1e-6).all()
+
+
+def test_hdr_loss_masks_non_finite_targets_and_tonemap_matches_srgb():
+    loss = DenoiseLoss(LossConfig(type="l1"))
+    pred, target = torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    target[..., 0, 0] = float("nan")
+    pred[..., 0, 0] = 5.0  # only differs where the target is invalid
+    assert float(loss(pred, target)) == 0.0
+    combined = DenoiseLoss(LossConfig(type="combined", range="tonemapped"))
+    assert float(combined(pred, target)) > 0
+    x = torch.tensor([0.0, 0.002, 0.5, 1.0, 3.0])
+    expected = torch.tensor([0.0, 12.92 * 0.002, 1.055 * 0.5 ** (1 / 2.4) - 0.055, 1.0, 1.0])
+    assert torch.allclose(tonemap(x, "srgb"), expected, atol=1e-6)
+
+
+def test_config_layers_overrides_and_errors(tmp_path):
+    config = load_config([CONFIGS / "ablation_kpcn_batchnorm.yaml", CONFIGS / "tiny.yaml"],
+                         ["train.steps=7", "model.width=6"])
+    assert config.model == {"type": "kpcn", "width": 6, "depth": 4, "kernel_size": 3, "predict_kernel": 5,
+                            "norm": "batch"}
+    assert config.train.steps == 7 and config.data.kind == "synthetic" and config.stages[1].target == "joint"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: " + str(CONFIGS / "kpcn.yaml") + "\ndata: {patchsize: 3}\n")
+    with pytest.raises(ValueError, match="unknown config key data.patchsize"):
+        load_config(bad)
+
+
+def test_summary_command_prints_parameters_flops_and_radius():
+    result = subprocess.run([sys.executable, "-m", "training.archs.summary", "--config",
+                             str(CONFIGS / "fast.yaml")], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout and "GFLOP per megapixel" in result.stdout
+    graph = build_graph(load_config(CONFIGS / "fast.yaml"))
+    assert f"receptive radius {graph.receptive_radius} px" in result.stdout
+    assert f"size multiple {graph.size_multiple}" in result.stdout

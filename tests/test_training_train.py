@@ -1,0 +1,109 @@
+"""Training loop: every architecture learns, NaN batches are skipped, runs resume, DDP with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.training_helpers import CONFIGS, REPO, TINY, TRAINED_ARCHS, tiny_config
+from training.checkpoint import RunFolder
+from training.synthetic import SyntheticDataset
+from training.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", TRAINED_ARCHS)
+def test_each_architecture_learns_on_synthetic_data(name, tmp_path):
+    config = tiny_config(name)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["step"] == config.train.steps and result["skipped"] == 0
+    first_stage = [loss for _step, stage, loss in result["losses"] if stage == 0]
+    start, end = sum(first_stage[:20]) / 20, sum(first_stage[-40:]) / 40
+    assert end < 0.8 * start, f"{name}: loss {start:.4f} -> {end:.4f}"
+    run = RunFolder(tmp_path / "run")
+    assert run.has("latest") and run.has("best")
+    assert json.loads(run.config_path.read_text()) == config.to_dict()
+
+
+class PoisonedDataset(torch.utils.data.Dataset):
+    """Synthetic samples with NaN in one sample's noisy diffuse input (a corrupt patch)."""
+
+    def __init__(self, poisoned: int):
+        self.base, self.poisoned = SyntheticDataset(32, 32, cache=True), poisoned
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        sample = dict(self.base[index])
+        if index == self.poisoned:
+            sample["diffuse"] = sample["diffuse"].clone()
+            sample["diffuse"][:, 3, 5] = float("nan")
+        return sample
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path):
+    config = tiny_config("kpcn", ["train.steps=8", "train.val_interval=1000"])  # one epoch of 8 batches
+    result = train(config, tmp_path / "run", train_set=PoisonedDataset(5), val_set=None, progress=False)
+    assert result["step"] == 8 and result["skipped"] == 1 and len(result["losses"]) == 7
+    state = RunFolder(tmp_path / "run").load_state("latest")
+    assert state["skipped"] == 1
+    from safetensors.torch import load_file
+    weights = load_file(str(RunFolder(tmp_path / "run").weights_path("latest")))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_resume_continues_the_step_count_and_the_stage(tmp_path):
+    run_dir = tmp_path / "run"
+    first = train(tiny_config("kpcn", ["train.steps=30", "train.checkpoint_interval=10"]), run_dir,
+                  progress=False)
+    assert first["step"] == 30
+    resumed = train(tiny_config("kpcn", ["train.steps=50", "train.checkpoint_interval=10"]), run_dir,
+                    progress=False)
+    steps = [step for step, _stage, _loss in resumed["losses"]]
+    assert steps[0] == 30 and resumed["step"] == 50
+    stages = {step: stage for step, stage, _loss in resumed["losses"]}
+    assert stages[30] == 0 and stages[49] == 1  # tiny.yaml: 80 % components, then joint
+    assert RunFolder(run_dir).load_state("latest")["step"] == 50
+
+
+def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=environment)
+
+
+def test_script_resumes_but_refuses_a_different_config(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["training/train.py", "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY),
+            "--run-dir", str(run_dir), "--no-progress", "--set", "train.steps=4"]
+    result = run_script(*args)
+    assert result.returncode == 0, result.stderr
+    assert "to step 4" in result.stdout
+    before = (run_dir / "config.json").read_text()
+    clash = run_script("training/train.py", "--config", str(CONFIGS / "fast.yaml"), "--config", str(TINY),
+                       "--run-dir", str(run_dir), "--no-progress")
+    assert clash.returncode == 2 and "different config" in clash.stderr
+    assert (run_dir / "config.json").read_text() == before
+    more = run_script("training/train.py", "--run-dir", str(run_dir), "--no-progress",
+                      "--set", "train.steps=6")
+    assert more.returncode == 0, more.stderr
+    assert RunFolder(run_dir).load_state("latest")["step"] == 6
+
+
+def test_distributed_data_parallel_with_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "training/train.py", "--config", str(CONFIGS / "kprcn.yaml"), "--config", str(TINY),
+                        "--run-dir", str(run_dir), "--no-progress", "--set", "train.steps=6",
+                        "--set", "train.val_interval=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stdout
+    state = RunFolder(run_dir).load_state("latest")
+    assert state["step"] == 6 and state["world_size"] == 2 and state["skipped"] == 0

@@ -1,0 +1,134 @@
+"""Building blocks shared by the component networks.
+
+Every block has a ``radius``: how many pixels of context (each side, at the block's own resolution) one
+output pixel depends on. Summed along a network it gives the receptive radius that tiled inference needs
+as overlap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ATTENTION_POOLS = ("local", "global")
+# declared context of global pooling: tiles only approximate it (see ChannelAttention)
+GLOBAL_POOL_RADIUS = 256
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    """'Same'-size convolution with zero padding."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+
+class ConvAct(nn.Sequential):
+    """conv -> [BatchNorm] -> ReLU -> [Dropout]: a hidden layer of KPCN (Bako et al. 2017).
+
+    BatchNorm (Ioffe & Szegedy 2015) and dropout (Srivastava et al. 2014) are switches for the baseline
+    study only; the shipped networks use neither.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: str = "none",
+                 dropout: float = 0.0):
+        layers: list[nn.Module] = [conv(in_channels, out_channels, kernel_size)]
+        if norm == "batch":
+            layers.append(nn.BatchNorm2d(out_channels))
+        elif norm != "none":
+            raise ValueError(f"norm must be 'none' or 'batch', not {norm!r}")
+        layers.append(nn.ReLU(inplace=True))
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+        self.radius = kernel_size // 2
+
+
+class PlainBody(nn.Sequential):
+    """``depth`` ConvAct layers of equal width (the body of KPCN)."""
+
+    def __init__(self, width: int, depth: int, kernel_size: int, norm: str = "none", dropout: float = 0.0):
+        super().__init__(*[ConvAct(width, width, kernel_size, norm, dropout) for _ in range(depth)])
+        self.radius = depth * (kernel_size // 2)
+
+
+class ResBlock(nn.Module):
+    """x + conv(ReLU(conv(x))): the residual block of EDSR (Lim et al. 2017), no batch norm, no
+    bottleneck (He et al. 2016's identity skip with two full-width convolutions)."""
+
+    def __init__(self, width: int, kernel_size: int, norm: str = "none", dropout: float = 0.0):
+        super().__init__()
+        self.body = nn.Sequential(ConvAct(width, width, kernel_size, norm, dropout),
+                                  conv(width, width, kernel_size))
+        self.radius = 2 * (kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation channel attention (Hu et al. 2018) as used by RCAN (Zhang et al. 2018):
+    pool -> 1x1 reduce -> ReLU -> 1x1 expand -> sigmoid -> scale the input channels.
+
+    ``pool='global'`` averages over the whole image as in the paper: every output pixel then depends on
+    the whole input, so tiled inference only approximates full-frame inference (the network declares
+    at least ``GLOBAL_POOL_RADIUS``, a finite stand-in: tiles with that much overlap see similar
+    means). ``pool='local'`` averages over a ``window`` x ``window`` neighbourhood instead (stride 1,
+    borders averaged over the pixels inside the image), which keeps the network local and tiling exact.
+
+    The reduce convolution runs *before* the pooling: a 1x1 convolution is affine and a normalised
+    average commutes with affine maps, so the result is identical to pooling first, at 1/reduction of the
+    pooling cost. The window average is separable (a 1 x window then a window x 1 pool), which with
+    ``count_include_pad=False`` is exact too, because the count of a rectangle factorises.
+    """
+
+    def __init__(self, width: int, reduction: int = 16, pool: str = "local", window: int = 31):
+        super().__init__()
+        if pool not in ATTENTION_POOLS:
+            raise ValueError(f"attention_pool must be one of {ATTENTION_POOLS}, not {pool!r}")
+        if window % 2 != 1:
+            raise ValueError(f"attention_window must be odd, not {window}")
+        hidden = max(1, width // reduction)
+        self.reduce, self.expand = nn.Conv2d(width, hidden, 1), nn.Conv2d(hidden, width, 1)
+        self.pool = pool
+        half = window // 2
+        self.pool_x = nn.AvgPool2d((1, window), stride=1, padding=(0, half), count_include_pad=False)
+        self.pool_y = nn.AvgPool2d((window, 1), stride=1, padding=(half, 0), count_include_pad=False)
+        self.radius = 0 if pool == "global" else half  # global: the network declares GLOBAL_POOL_RADIUS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = self.reduce(x)
+        if self.pool == "global":
+            squeezed = squeezed.mean(dim=(2, 3), keepdim=True)
+        else:
+            squeezed = self.pool_y(self.pool_x(squeezed))
+        return x * torch.sigmoid(self.expand(torch.relu(squeezed)))
+
+
+class RCAB(nn.Module):
+    """Residual channel-attention block (Zhang et al. 2018): x + CA(conv(ReLU(conv(x))))."""
+
+    def __init__(self, width: int, kernel_size: int, reduction: int, pool: str, window: int,
+                 norm: str = "none", dropout: float = 0.0):
+        super().__init__()
+        self.body = nn.Sequential(ConvAct(width, width, kernel_size, norm, dropout),
+                                  conv(width, width, kernel_size),
+                                  ChannelAttention(width, reduction, pool, window))
+        self.radius = 2 * (kernel_size // 2) + self.body[2].radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualGroup(nn.Module):
+    """RCAN's residual group: ``n_blocks`` RCABs and a closing conv, with a long skip around them."""
+
+    def __init__(self, width: int, n_blocks: int, kernel_size: int, reduction: int, pool: str, window: int,
+                 closing_conv: bool = True, norm: str = "none", dropout: float = 0.0):
+        super().__init__()
+        blocks: list[nn.Module] = [RCAB(width, kernel_size, reduction, pool, window, norm, dropout)
+                                   for _ in range(n_blocks)]
+        if closing_conv:
+            blocks.append(conv(width, width, kernel_size))
+        self.body = nn.Sequential(*blocks)
+        self.radius = sum(b.radius for b in blocks[:n_blocks]) + (kernel_size // 2 if closing_conv else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)

@@ -1,0 +1,43 @@
+"""Applying per-pixel kernels predicted by a network (Bako et al. 2017, "Kernel-predicting convolutional
+networks for denoising Monte Carlo renderings", SIGGRAPH).
+
+The weights are softmax-normalised, so the output is a convex combination of noisy neighbours: it stays
+in the range of the input and the network cannot invent energy.
+
+Memory: the naive way (``unfold`` to an (N, C*k*k, H, W) tensor) materialises every neighbour of every
+pixel for every channel. Here we accumulate one kernel offset at a time: each step multiplies a view of
+the padded colour by one weight plane. Measured on 16x3x64x64 patches, k=21, forward+backward on CPU:
+offset loop 4.0 s / +0.6 GB peak, per-row unfold 4.2 s / +1.1 GB, full unfold 3.0 s / +1.3 GB. The offset
+loop needs the least memory at similar speed and exports to plain Slice/Mul/Add ONNX nodes that work with
+dynamic H and W. ``split`` (not indexing) takes the weight planes, so the backward pass concatenates
+the plane gradients once instead of allocating a full-size gradient per offset.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def apply_kernels(color: torch.Tensor, logits: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Filter ``color`` (N, C, H, W) with per-pixel kernels from ``logits`` (N, k*k, H, W).
+
+    Offset i = dy * k + dx addresses neighbour (y + dy - k//2, x + dx - k//2); outside the image the
+    colour is zero-padded, which only touches pixels within k//2 of the border (part of the receptive
+    radius, so tiled inference stays exact).
+    """
+    radius = kernel_size // 2
+    # softmax written out, with the normalisation applied once to the filtered colour instead of to
+    # all k*k weight planes: same result, and onnxruntime's Softmax over the channel axis of an NCHW
+    # tensor was half the fast model's CPU time (it transposes the tensor)
+    logits = logits - logits.amax(dim=1, keepdim=True).detach()
+    exps = torch.exp(logits)
+    weights = exps.split(1, dim=1)
+    padded = F.pad(color, (radius, radius, radius, radius))
+    height, width = color.shape[-2], color.shape[-1]
+    out = None
+    for index, weight in enumerate(weights):
+        dy, dx = divmod(index, kernel_size)
+        term = weight * padded[:, :, dy:dy + height, dx:dx + width]
+        out = term if out is None else out + term
+    return out / exps.sum(dim=1, keepdim=True)

@@ -1,0 +1,61 @@
+"""Datasets named by ``data.kind`` and the endless batch stream the training loop reads."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+
+from training.config import Config
+from training.synthetic import SyntheticDataset
+
+
+def build_datasets(config: Config) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    """(train, validation) datasets; ``shards`` imports ``training.data.ShardDataset`` lazily."""
+    d = config.data
+    if d.kind == "synthetic":
+        options = dict(d.options)
+        length = options.pop("length", 4096)
+        train = SyntheticDataset(length, d.patch_size, seed=config.train.seed, **options)
+        val = SyntheticDataset(d.val_batches * d.batch_size, d.val_patch_size or d.patch_size,
+                               seed=config.train.seed + 7919, **options)
+        return train, val
+    from training.data import ShardDataset
+
+    if not d.train:
+        raise ValueError("data.kind shards needs data.train paths")
+    accepted = inspect.signature(ShardDataset).parameters
+    options = {k: v for k, v in d.options.items() if k in accepted}
+    train = ShardDataset(d.train, patch_size=d.patch_size, seed=config.train.seed, **options)
+    val = None
+    if d.val:
+        val_options = {**options, **({"augment": False} if "augment" in accepted else {})}
+        val = ShardDataset(d.val, patch_size=d.val_patch_size, seed=config.train.seed, **val_options)
+    return train, val
+
+
+def batch_stream(dataset, config: Config, rank: int, world: int, start_step: int, device: torch.device):
+    """Endless batches for this process. Map-style datasets are shuffled per epoch and split between
+    processes (DistributedSampler; each process takes its share); on resume the epoch continues from
+    where ``start_step`` falls. Iterable datasets must split themselves between workers and ranks."""
+    d = config.data
+    loader_args = dict(batch_size=d.batch_size, num_workers=d.workers, drop_last=True,
+                       pin_memory=device.type == "cuda", persistent_workers=False)
+    if isinstance(dataset, IterableDataset):
+        while True:
+            yield from DataLoader(dataset, **loader_args)
+    per_epoch = len(dataset) // (d.batch_size * world)
+    if per_epoch == 0:
+        raise ValueError(f"dataset of {len(dataset)} samples is smaller than one batch on every process")
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=config.train.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        # on resume: the rest of the epoch, without loading the skipped samples
+        indices = list(sampler)[skip * d.batch_size:]
+        yield from DataLoader(dataset, sampler=indices, **loader_args)
+        epoch, skip = epoch + 1, 0

@@ -1,0 +1,128 @@
+"""The full denoiser graph: pre-processing, the two component networks, kernel application and
+post-processing in one ``nn.Module``. It is both what ``train.py`` optimises and what ``export.py``
+writes to ONNX, so training and inference run the same computation (docs/contract.md).
+
+Everything is pointwise or local (finite differences, convolutions, local pooling), so tiled inference
+with ``receptive_radius`` of overlap is exact.
+
+Pre-processing (after Bako et al. 2017, KPCN):
+* colours are clamped to >= 0. The *filtering space* of a component is where its kernels are applied and
+  its loss is computed: specular is log1p-compressed (KPCN), diffuse light is used as is (Cycles already
+  divided the albedo out; ``log_diffuse`` switches it to log1p too). Outputs go back with exp(x) - 1.
+* the networks always *see* log1p colours, whatever the filtering space: a bounded input range for the
+  convolutions, while the kernels still average the linear values.
+* features: albedo, normal, and depth as log1p(min(depth, depth_max)) / log1p(depth_max) (background
+  depth in Cycles is ~1e10, the clamp keeps it finite and in [0, 1]).
+* variances (optional): of the log1p colour the network sees, by the delta method Var[log1p X] ~
+  Var[X] / (1 + X)^2, then log1p-compressed so that fireflies do not dominate the input range.
+* x/y forward differences of the colour and the features (zero in the last column/row).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.archs import build_arch
+
+COMPONENTS = ("diffuse", "specular")
+FEATURE_INPUTS = ("albedo", "normal", "depth")
+OUTPUTS = ("diffuse_denoised", "specular_denoised")
+
+
+def finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along x and y, zero in the last column / row (same size as ``x``)."""
+    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
+    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    return dx, dy
+
+
+class DenoiserGraph(nn.Module):
+    """``forward(diffuse, specular, albedo, normal, depth[, diffuse_variance, specular_variance])`` ->
+    ``(diffuse_denoised, specular_denoised)``, all (N, C, H, W) as in docs/contract.md.
+
+    ``model`` is the config's ``model`` mapping (``type`` + keyword arguments, see ``training.archs``);
+    one network of that type is built per component.
+    """
+
+    def __init__(self, model: dict, log_diffuse: bool = False, use_variance: bool = False,
+                 use_gradients: bool = True, depth_max: float = 1e4):
+        super().__init__()
+        self.model_spec = dict(model)
+        self.log_space = {"diffuse": log_diffuse, "specular": True}
+        self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
+        self.nets = nn.ModuleDict({c: build_arch(model, self.feature_channels) for c in COMPONENTS})
+
+    @property
+    def feature_channels(self) -> int:
+        base = 3 + 3 + 3 + 1  # colour, albedo, normal, depth
+        return base * (3 if self.use_gradients else 1) + (1 if self.use_variance else 0)
+
+    @property
+    def input_names(self) -> list[str]:
+        names = list(COMPONENTS) + list(FEATURE_INPUTS)
+        return names + [f"{c}_variance" for c in COMPONENTS] if self.use_variance else names
+
+    @property
+    def receptive_radius(self) -> int:
+        return max(net.receptive_radius for net in self.nets.values()) + (1 if self.use_gradients else 0)
+
+    @property
+    def size_multiple(self) -> int:
+        return max(getattr(net, "size_multiple", 1) for net in self.nets.values())
+
+    def to_space(self, component: str, linear: torch.Tensor) -> torch.Tensor:
+        """Linear colour -> the component's filtering space (also used on references by the loss)."""
+        x = linear.clamp(min=0)
+        return torch.log1p(x) if self.log_space[component] else x
+
+    def from_space(self, component: str, x: torch.Tensor) -> torch.Tensor:
+        # exp(x) - 1 rather than expm1: the ONNX exporter has no expm1; float32 error is ~1e-7 absolute
+        return torch.exp(x) - 1 if self.log_space[component] else x
+
+    def _shared_features(self, albedo: torch.Tensor, normal: torch.Tensor,
+                         depth: torch.Tensor) -> torch.Tensor:
+        depth = torch.log1p(depth.clamp(0, self.depth_max)) / math.log1p(self.depth_max)
+        return torch.cat([albedo.clamp(min=0), normal, depth], dim=1)
+
+    def _network_input(self, linear: torch.Tensor, shared: torch.Tensor,
+                       variance: torch.Tensor | None) -> torch.Tensor:
+        seen = torch.log1p(linear.clamp(min=0))
+        parts = [torch.cat([seen, shared], dim=1)]
+        if self.use_gradients:
+            parts.extend(finite_differences(parts[0]))
+        if self.use_variance:
+            brightness = linear.clamp(min=0).mean(dim=1, keepdim=True)
+            parts.append(torch.log1p(variance.clamp(min=0) / (1 + brightness) ** 2))
+        return torch.cat(parts, dim=1)
+
+    def denoise(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Both components: ``{c}`` (linear output) and ``{c}_space`` (in the filtering space)."""
+        shared = self._shared_features(inputs["albedo"], inputs["normal"], inputs["depth"])
+        out: dict[str, torch.Tensor] = {}
+        for component in COMPONENTS:
+            linear = inputs[component]
+            variance = inputs.get(f"{component}_variance") if self.use_variance else None
+            features = self._network_input(linear, shared, variance)
+            filtered = self.nets[component](features, self.to_space(component, linear))
+            out[f"{component}_space"] = filtered
+            out[component] = self.from_space(component, filtered)
+        return out
+
+    def forward(self, diffuse: torch.Tensor, specular: torch.Tensor, albedo: torch.Tensor,
+                normal: torch.Tensor, depth: torch.Tensor, diffuse_variance: torch.Tensor | None = None,
+                specular_variance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.denoise({"diffuse": diffuse, "specular": specular, "albedo": albedo, "normal": normal,
+                            "depth": depth, "diffuse_variance": diffuse_variance,
+                            "specular_variance": specular_variance})
+        return out["diffuse"], out["specular"]
+
+
+def build_graph(config) -> DenoiserGraph:
+    """The graph a ``training.config.Config`` describes."""
+    g = config.graph
+    return DenoiserGraph(config.model, log_diffuse=g.log_diffuse, use_variance=g.use_variance,
+                         use_gradients=g.use_gradients, depth_max=g.depth_max)

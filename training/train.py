@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Train a denoiser graph (docs/contract.md) from a config.
+
+    python training/train.py --config training/configs/fast.yaml [--config more.yaml] [--run-dir runs/NAME]
+                             [--set train.steps=200 --set data.batch_size=8] [--init models/fast.safetensors]
+    torchrun --nproc_per_node 2 training/train.py --config ...     # DistributedDataParallel (gloo/nccl)
+
+The run folder (default ``runs/<config name>``) gets ``config.json``, ``checkpoints/`` and ``tb/``. An
+existing run folder resumes from its latest checkpoint with its stored config (``--set`` may change it,
+e.g. more steps); passing a *different* ``--config`` for it is an error, nothing is overwritten.
+``--init`` starts a new run from exported weights (its ``.json`` config is used if no ``--config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script from anywhere: make ``training`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.checkpoint import RunFolder, load_weights, write_json
+from training.config import Config, apply_override, config_from_dict, load_config, load_config_json
+from training.datasets import batch_stream, build_datasets
+from training.graph import build_graph
+from training.losses import DenoiseLoss, psnr, recombine, stage_loss
+from training.optim import build_optimizer, build_scheduler, stage_at, stage_bounds
+
+
+class TrainingStep(nn.Module):
+    """What DistributedDataParallel wraps: a batch dict in, the graph's outputs out."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.graph.denoise(batch)
+
+
+def setup_distributed(preference: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; initialises the process group."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    use_cuda = preference == "cuda" or (preference == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+@torch.no_grad()
+def validate(graph: nn.Module, dataset, config: Config, device: torch.device) -> tuple[float, float]:
+    """Mean PSNR (tonemapped as ``loss.tonemap``) of the recombined denoised and noisy images."""
+    graph.eval()
+    denoised, noisy = [], []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.data.batch_size)
+    for index, batch in enumerate(loader):
+        if index >= config.data.val_batches:
+            break
+        batch = {k: v.to(device).float() for k, v in batch.items()}
+        out = graph.denoise(batch)
+        reference = recombine(batch["diffuse_color"], batch["diffuse_reference"], batch["specular_reference"])
+        denoised.append(psnr(recombine(batch["diffuse_color"], out["diffuse"], out["specular"]), reference,
+                             config.loss.tonemap))
+        noisy.append(psnr(recombine(batch["diffuse_color"], batch["diffuse"], batch["specular"]), reference,
+                          config.loss.tonemap))
+    graph.train()
+    return float(torch.cat(denoised).mean()), float(torch.cat(noisy).mean())
+
+
+def train(config: Config, run_dir: str | Path, init: str | Path | None = None, train_set=None, val_set=None,
+          progress: bool = True) -> dict:
+    """Train (or resume) the run in ``run_dir``. Returns the final step, the skipped (non-finite)
+    batches, ``losses`` as (step, stage, loss) of this call's optimiser steps, and the best validation PSNR.
+
+    ``train_set``/``val_set`` replace the datasets ``data.kind`` names (tests pass their own)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    rank, world, device = setup_distributed(config.train.device)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    run = RunFolder(run_dir)
+    if rank == 0:
+        write_json(run.config_path, config.to_dict())
+    if train_set is None:
+        train_set, val_set = build_datasets(config)
+    torch.manual_seed(config.train.seed)
+    graph = build_graph(config).to(device)
+    resume = run.load_state("latest") if run.has("latest") else None
+    if resume:
+        load_weights(run.weights_path("latest"), graph)
+    elif init:
+        load_weights(Path(init), graph)
+    if resume and init and rank == 0:
+        print(f"train: {run.path} has a checkpoint; resuming it and ignoring --init {init}", file=sys.stderr)
+    graph.to(device).train()
+    model = TrainingStep(graph)
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    loss_fn = DenoiseLoss(config.loss)
+    total, bounds = config.train.steps, stage_bounds(config)
+    step = resume["step"] if resume else 0
+    skipped = resume["skipped"] if resume else 0
+    best = resume["best_psnr"] if resume else -math.inf
+    stream = batch_stream(train_set, config, rank, world, step, device)
+    writer = SummaryWriter(str(run.path / "tb")) if rank == 0 else None
+    bar = tqdm(total=total, initial=step, disable=rank != 0 or not progress, desc=config.name, unit="step")
+    stage_index, optimizer, scheduler, losses, window = None, None, None, [], []
+    clock, patches = time.perf_counter(), 0
+
+    def save(tag: str) -> None:
+        run.save(tag, graph, {"step": step, "stage": stage_index, "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict() if scheduler else {}, "skipped": skipped,
+                              "best_psnr": best, "world_size": world})
+
+    while step < total:
+        if stage_at(config, step) != stage_index:  # new stage: fresh optimiser at the stage's lr
+            stage_index = stage_at(config, step)
+            stage = config.stages[stage_index]
+            optimizer = build_optimizer(config, graph.parameters(), stage.lr_scale)
+            scheduler = build_scheduler(config, optimizer, bounds[stage_index][1] - bounds[stage_index][0])
+            if resume and resume["stage"] == stage_index:
+                optimizer.load_state_dict(resume["optimizer"])
+                if scheduler:
+                    scheduler.load_state_dict(resume["scheduler"])
+            resume = None
+        batch = {k: v.to(device, non_blocking=True).float() for k, v in next(stream).items()}
+        loss = stage_loss(loss_fn, graph, model(batch), batch, stage.target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = config.train.grad_clip if config.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(graph.parameters(), clip)
+        finite = (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).float()
+        if world > 1:  # every process must take (or skip) the same step
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() > 0:
+            optimizer.step()
+            if scheduler and config.schedule.type != "plateau":
+                scheduler.step()
+            losses.append((step, stage_index, loss.item()))
+            window.append(losses[-1][2])
+        else:
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        patches += config.data.batch_size * world
+        bar.update(1)
+        if writer and (step % config.train.log_interval == 0 or step == total):
+            elapsed = time.perf_counter() - clock
+            mean_loss = sum(window) / max(1, len(window))
+            bar.set_postfix(loss=f"{mean_loss:.4g}", patches_s=f"{patches / elapsed:.1f}", skipped=skipped)
+            scalars = {"loss": mean_loss, "patches_per_s": patches / elapsed, "skipped": skipped,
+                       "lr": optimizer.param_groups[0]["lr"]}
+            for key, value in scalars.items():
+                writer.add_scalar(f"train/{key}", value, step)
+            clock, patches, window = time.perf_counter(), 0, []
+        if val_set is not None and (step % config.train.val_interval == 0 or step == total):
+            score = torch.tensor(validate(graph, val_set, config, device) if rank == 0 else (0.0, 0.0),
+                                 device=device)  # nccl broadcasts device tensors only
+            if world > 1:
+                dist.broadcast(score, 0)
+            value, noisy = score.tolist()
+            if scheduler and config.schedule.type == "plateau":
+                scheduler.step(value)
+            if writer:
+                writer.add_scalar("val/psnr", value, step)
+                writer.add_scalar("val/psnr_noisy", noisy, step)
+                bar.write(f"step {step}: validation PSNR {value:.2f} dB (noisy {noisy:.2f} dB)")
+            if value > best:
+                best = value
+                if rank == 0:
+                    save("best")
+        if rank == 0 and (step % config.train.checkpoint_interval == 0 or step == total):
+            save("latest")
+    bar.close()
+    if writer:
+        writer.close()
+    return {"step": step, "skipped": skipped, "losses": losses, "best_psnr": best, "world_size": world}
+
+
+def resolve_config(config_paths: list[str], overrides: list[str], run_dir: str | None,
+                   init: str | None) -> tuple[Config, Path]:
+    """The config and run folder to use (see the module docstring for the resume rules)."""
+    fresh = load_config(config_paths, overrides) if config_paths else None
+    if fresh is None and init and Path(init).with_suffix(".json").exists() and not (
+            run_dir and (Path(run_dir) / "config.json").exists()):
+        raw = load_config_json(Path(init).with_suffix(".json")).to_dict()
+        for assignment in overrides:
+            raw = apply_override(raw, assignment)
+        fresh = config_from_dict(raw)
+    if run_dir is None:
+        if fresh is None:
+            raise ValueError("give --config (or --run-dir of an existing run to resume)")
+        run_dir = str(Path("runs") / fresh.name)
+    run = RunFolder(run_dir)
+    if run.config_path.exists():
+        raw = load_config_json(run.config_path).to_dict()
+        for assignment in overrides:
+            raw = apply_override(raw, assignment)
+        config = config_from_dict(raw)
+        if fresh is not None and fresh.to_dict() != config.to_dict():
+            raise ValueError(f"{run.path} already holds a run with a different config; "
+                             "resume it without --config or choose another --run-dir")
+    elif fresh is None:
+        raise ValueError(f"{run.path} holds no run (no config.json): give --config to start one")
+    else:
+        config = fresh
+    return config, run.path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", default=[], help="YAML config (repeat to overlay)")
+    parser.add_argument("--run-dir", help="run folder (default runs/<config name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--init", help="start from these weights (.safetensors, e.g. an exported model)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        config, run_dir = resolve_config(args.config, args.set, args.run_dir, args.init)
+        result = train(config, run_dir, init=args.init, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
+        best = f"{result['best_psnr']:.2f} dB" if math.isfinite(result["best_psnr"]) else "no validation"
+        print(f"trained {config.name} to step {result['step']} in {run_dir} "
+              f"(world size {result['world_size']}, {result['skipped']} batches skipped, "
+              f"best validation PSNR {best})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
