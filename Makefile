@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bpy5 benchmark
+.PHONY: demo test lint benchmark
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,14 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	$(BIN)/kprcan demo
 
-# Everything the tests need (torch CPU 2.13.0, bpy 4.5, OIDN, ...), then the whole suite.
-test: $(BIN)/python
+# Blender 5.0 as a module lives in a side environment: one interpreter cannot hold two bpy versions.
+BPY5 := .venv-bpy5/bin/python
+$(BPY5):
+	$(PYTHON) -m venv .venv-bpy5
+	.venv-bpy5/bin/python -m pip install -q "bpy==5.0.1" numpy
+
+# Everything the tests need (torch CPU 2.13.0, bpy 4.5 and 5.0, OIDN, ...), then the whole suite.
+test: $(BIN)/python $(BPY5)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collected no test: that must fail, not pass silently.

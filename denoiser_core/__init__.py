@@ -6,12 +6,12 @@ Public API (the Blender add-on codes against exactly these names)::
                                DenoiserError, list_models, available_devices)
 """
 
-from denoiser_core.devices import available_devices
-from denoiser_core.errors import DenoiserError
-from denoiser_core.exr import ExrImage, ExrPass, read_exr, write_exr
-from denoiser_core.inference import Denoiser, DenoiseResult, load_model
-from denoiser_core.models import ModelInfo, list_models
-from denoiser_core.pipeline import denoise_file, denoise_image
+from .devices import available_devices
+from .errors import DenoiserError
+from .exr import ExrImage, ExrPass, read_exr, write_exr
+from .inference import Denoiser, DenoiseResult, load_model
+from .models import ModelInfo, list_models
+from .pipeline import denoise_file, denoise_image
 
 __all__ = [
     "DenoiseResult",

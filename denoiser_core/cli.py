@@ -13,9 +13,9 @@ import traceback
 
 from tqdm import tqdm
 
-from denoiser_core.devices import DEVICE_NAMES
-from denoiser_core.errors import DenoiserError
-from denoiser_core.inference import DEFAULT_TILE
+from .devices import DEVICE_NAMES
+from .errors import DenoiserError
+from .inference import DEFAULT_TILE
 
 log = logging.getLogger("kprcan")
 
@@ -89,7 +89,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
-    from denoiser_core import commands  # after logging is set up; keeps `kprcan --help` quick
+    from . import commands  # after logging is set up; keeps `kprcan --help` quick
 
     try:
         return getattr(commands, f"run_{args.command}")(args)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from denoiser_core.devices import available_devices
-from denoiser_core.errors import DenoiserError
-from denoiser_core.exr import ExrImage, check_exr_file, read_exr
-from denoiser_core.inference import load_model, missing_for, required_passes
-from denoiser_core.models import ModelInfo, list_models, model_dirs, resolve_model
-from denoiser_core.passes import missing_passes_hint
-from denoiser_core.pipeline import check_output_path, denoise_file
-from denoiser_core.sequence import plan_jobs
+from .devices import available_devices
+from .errors import DenoiserError
+from .exr import ExrImage, check_exr_file, read_exr
+from .inference import VARIANCE_INPUTS, load_model, missing_for, required_passes
+from .models import ModelInfo, list_models, model_dirs, resolve_model
+from .passes import missing_passes_hint
+from .pipeline import check_output_path, denoise_file
+from .sequence import plan_jobs
 
 log = logging.getLogger("kprcan")
 
@@ -102,6 +102,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _print_model_check(info: ModelInfo, image: ExrImage) -> None:
     print(f"model {info.name} ({info.path.name}) needs: {', '.join(required_passes(info))}")
+    if info.needs_variance:  # Denoiser.denoise refuses such a model on any render read from an EXR
+        print(f"  not usable on Blender renders: it needs {', '.join(VARIANCE_INPUTS)} inputs, "
+              "which Blender does not render")
+        return
     for layer in image.layers:
         available = image.canonical_passes(layer)
         if available:
@@ -126,7 +130,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from denoiser_core import demo
+    from . import demo
 
     quiet = getattr(args, "quiet", False)
     bar = _LazyBar(not quiet, total=100, unit="%", desc="demo", leave=False)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from denoiser_core.errors import DenoiserError
-from denoiser_core.exr import ExrImage, read_exr
-from denoiser_core.images import psnr, to_srgb, to_uint8, write_png
-from denoiser_core.inference import DEFAULT_TILE, load_model
-from denoiser_core.pipeline import NOISY_PASS, denoise_file
+from .errors import DenoiserError
+from .exr import ExrImage, read_exr
+from .images import psnr, to_srgb, to_uint8, write_png
+from .inference import DEFAULT_TILE, load_model
+from .pipeline import NOISY_PASS, denoise_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -7,7 +7,7 @@ import os
 
 import onnxruntime as ort
 
-from denoiser_core.errors import DenoiserError
+from .errors import DenoiserError
 
 log = logging.getLogger("kprcan")
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import OpenEXR
 
-from denoiser_core.errors import DenoiserError
-from denoiser_core.native_output import captured_native_output
-from denoiser_core.passes import canonical_pass_name
+from .errors import DenoiserError
+from .native_output import captured_native_output
+from .passes import canonical_pass_name
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"
+HALF_MAX = float(np.finfo(np.float16).max)  # 65504
 # Component order inside a pass: RGBA, XYZW, UV; anything else after these, alphabetically.
 _COMPONENT_RANK = {"R": 0, "G": 1, "B": 2, "A": 3, "X": 0, "Y": 1, "Z": 2, "W": 3, "U": 0, "V": 1}
 # Header attributes that describe the file's layout; the writer sets its own.
@@ -198,12 +199,13 @@ def _part_passes(part, index: int, path: Path) -> list[ExrPass]:
 def write_exr(image: ExrImage, path: str | os.PathLike, *, half: bool = False) -> Path:
     """Write ``image`` (all parts, layers and passes) atomically: temp file in the same folder, then rename.
 
-    Pixels are stored as float32 (half when ``half``); each part keeps the compression it was read with.
+    Pixels are stored as float32 (half when ``half``, clamped to half's finite range); each part keeps the
+    compression it was read with.
     """
     path = Path(path)
     temp = temp_path_for(path)
     try:
-        write_exr_in_place(image, temp, half=half)
+        write_exr_in_place(image, temp, half=half, shown_as=path)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -228,16 +230,22 @@ def temp_path_for(path: Path) -> Path:
     return Path(name)
 
 
-def write_exr_in_place(image: ExrImage, path: Path, *, half: bool = False) -> None:
-    dtype = np.float16 if half else np.float32
+def write_exr_in_place(image: ExrImage, path: Path, *, half: bool = False,
+                       shown_as: Path | None = None) -> None:
+    """Write ``image`` to ``path`` as it is (callers write to a temp file); errors name ``shown_as``."""
+    shown_as = shown_as or path
     parts = image.parts or [ExrPart("", {"compression": OpenEXR.ZIP_COMPRESSION})]
+    stray = next((p for p in image.passes if not 0 <= p.part < len(parts)), None)
+    if stray is not None:  # it would silently be left out of the file
+        name = ".".join(n for n in (stray.layer, stray.name) if n)
+        raise DenoiserError(f"{shown_as}: pass {name!r} is in part {stray.part}, but the image has "
+                            f"{len(parts)} part(s)", exit_code=1)
     built = []
     for index, part in enumerate(parts):
         channels = {}
         for exr_pass in (p for p in image.passes if p.part == index):
             for name, plane in zip(exr_pass.channel_names, exr_pass.pixels, strict=True):
-                keep = plane.dtype if plane.dtype == np.uint32 else dtype
-                channels[name] = np.ascontiguousarray(plane, dtype=keep)
+                channels[name] = _stored(plane, half)
         header = dict(part.header)
         header.setdefault("compression", OpenEXR.ZIP_COMPRESSION)
         header["type"] = OpenEXR.scanlineimage
@@ -253,4 +261,15 @@ def write_exr_in_place(image: ExrImage, path: Path, *, half: bool = False) -> No
         except (RuntimeError, ValueError, TypeError) as error:
             failure = error
     if failure is not None:
-        raise DenoiserError(f"{path}: cannot write EXR ({native.last_line() or failure})", exit_code=1)
+        detail = (native.last_line() or str(failure)).replace(str(path), str(shown_as))
+        raise DenoiserError(f"{shown_as}: cannot write EXR ({detail})", exit_code=1)
+
+
+def _stored(plane: np.ndarray, half: bool) -> np.ndarray:
+    """A contiguous plane as written: uint stays uint; float is float32, or half clamped to +-HALF_MAX."""
+    if plane.dtype == np.uint32:
+        return np.ascontiguousarray(plane)
+    if not half:
+        return np.ascontiguousarray(plane, dtype=np.float32)
+    # beyond half's range a value would turn into Inf (Cycles writes 1e10 depth for the background)
+    return np.clip(plane, -HALF_MAX, HALF_MAX).astype(np.float16)

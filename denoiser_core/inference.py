@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from denoiser_core.devices import CPU, providers_for, session_options
-from denoiser_core.errors import DenoiserError
-from denoiser_core.models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
-from denoiser_core.passes import (
+from .devices import CPU, providers_for, session_options
+from .errors import DenoiserError
+from .models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
+from .passes import (
     DECOMPOSITION_PASSES,
     FEATURE_PASSES,
     decompose,
@@ -22,7 +22,7 @@ from denoiser_core.passes import (
     recombine,
     sanitize,
 )
-from denoiser_core.tiling import run_tiled
+from .tiling import run_tiled
 
 log = logging.getLogger("kprcan")
 

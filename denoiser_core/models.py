@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from denoiser_core.errors import DenoiserError
-from denoiser_core.passes import PASS_TABLE
+from .errors import DenoiserError
+from .passes import PASS_TABLE
 
 log = logging.getLogger("kprcan")
 

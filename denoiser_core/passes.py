@@ -68,8 +68,7 @@ _LAYER_NAME_TO_CANONICAL = {}
 for _canonical, (_v4, _v5, _n, _setting) in PASS_TABLE.items():
     _LAYER_NAME_TO_CANONICAL[_v4] = _canonical
     _LAYER_NAME_TO_CANONICAL[_v5] = _canonical
-# Blender 5.0 spells a few passes differently in the file than in the UI; accept the known aliases.
-_LAYER_NAME_TO_CANONICAL.update({"Emit": "emission", "Env": "environment", "Z": "depth"})
+_LAYER_NAME_TO_CANONICAL["Z"] = "depth"  # also accept a depth pass named plain "Z"
 
 
 def canonical_pass_name(layer_pass_name: str) -> str | None:
@@ -83,12 +82,20 @@ def blender_pass_name(canonical: str, blender_major: int) -> str:
     return v5 if blender_major >= 5 else v4
 
 
+# Where Blender's UI (Properties > View Layer > Passes) has the checkbox of passes outside the Light panel.
+_UI_LOCATION = {
+    "combined": "Data > Combined", "depth": "Data > Z", "normal": "Data > Normal",
+    "denoising_albedo": "Data > Denoising Data", "denoising_normal": "Data > Denoising Data",
+    "denoising_depth": "Data > Denoising Data", "noisy_image": "Data > Denoising Data",
+    "emission": "Light > Other > Emission", "environment": "Light > Other > Environment",
+}
+
+
 def enable_hint(canonical: str) -> str:
-    """Human-readable way to turn the pass on in Blender, for error messages."""
-    setting = PASS_TABLE[canonical][3]
-    if setting.startswith("cycles."):
-        return f"view_layer.{setting} = True"
-    return f"view_layer.{setting} = True"
+    """Where to turn the pass on in Blender's UI, and the Python setting, for error messages."""
+    # the other passes sit in the Light panel under their own name: "Glossy Direct" -> Light > Glossy > Direct
+    where = _UI_LOCATION.get(canonical) or "Light > " + display_name(canonical).replace(" ", " > ")
+    return f"View Layer Properties > Passes > {where}, or view_layer.{PASS_TABLE[canonical][3]} = True"
 
 
 def channel_count(canonical: str) -> int:
@@ -175,11 +182,12 @@ def display_name(canonical: str) -> str:
 
 
 def missing_passes_hint(missing: list[str] | tuple[str, ...]) -> str:
-    """``"Glossy Direct, Glossy Color (view_layer.use_pass_glossy_direct = True, ...)"``, grouped by setting.
+    """``"Glossy Direct (enable in View Layer Properties > Passes > Light > Glossy > Direct, or
+    view_layer.use_pass_glossy_direct = True); ..."``.
 
     Passes switched on by one setting (the three Denoising Data passes) are listed together.
     """
     by_setting: dict[str, list[str]] = {}
     for name in missing:
         by_setting.setdefault(enable_hint(name), []).append(display_name(name))
-    return "; ".join(f"{', '.join(names)} (enable with {hint})" for hint, names in by_setting.items())
+    return "; ".join(f"{', '.join(names)} (enable in {hint})" for hint, names in by_setting.items())

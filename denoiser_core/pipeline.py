@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from denoiser_core.errors import DenoiserError
-from denoiser_core.exr import ExrImage, check_exr_file, read_exr, temp_path_for, write_exr_in_place
-from denoiser_core.inference import DEFAULT_TILE, Denoiser, load_model
-from denoiser_core.passes import sanitize
+from .errors import DenoiserError
+from .exr import ExrImage, check_exr_file, read_exr, temp_path_for, write_exr_in_place
+from .inference import DEFAULT_TILE, Denoiser, load_model
+from .passes import sanitize
 
 log = logging.getLogger("kprcan")
 
@@ -133,7 +133,7 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
         denoiser = model if isinstance(model, Denoiser) else load_model(model, device)
         image = read_exr(input_path)
         denoise_image(image, denoiser, tile, progress, cancel)
-        write_exr_in_place(image, temp, half=half)
+        write_exr_in_place(image, temp, half=half, shown_as=output_path)
         del image
         if output_path.exists() and not overwrite:  # appeared while we worked (another process)
             raise DenoiserError(f"{output_path}: exists (use --overwrite to replace it)")

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from denoiser_core.errors import DenoiserError
+from .errors import DenoiserError
 
 _HASHES = re.compile(r"#+")
 
@@ -20,13 +20,18 @@ def is_pattern(text: str) -> bool:
     return "#" in Path(text).name and not Path(text).exists()
 
 
+def frame_digits(pattern: str) -> int:
+    """Length of the one run of ``#`` in the file name of ``pattern`` (the frame number's minimum width)."""
+    hashes = _HASHES.findall(Path(pattern).name)
+    if len(hashes) != 1:
+        raise DenoiserError(f"{pattern}: use one run of # for the frame number")
+    return len(hashes[0])
+
+
 def expand_pattern(pattern: str) -> list[tuple[int, Path]]:
     """(frame, path) of existing files matching ``pattern``, by frame number."""
     path = Path(pattern)
-    hashes = _HASHES.findall(path.name)
-    if len(hashes) != 1:
-        raise DenoiserError(f"{pattern}: use one run of # for the frame number")
-    width = len(hashes[0])
+    width = frame_digits(pattern)
     head, tail = _HASHES.split(path.name)
     regex = re.compile(re.escape(head) + rf"(-?\d{{{width},}})" + re.escape(tail) + "$")
     folder = path.parent
@@ -44,7 +49,7 @@ def expand_pattern(pattern: str) -> list[tuple[int, Path]]:
 
 def frame_path(pattern: str, frame: int) -> Path:
     """``out/shot_####.exr``, 12 -> ``out/shot_0012.exr`` (negative frames keep their sign)."""
-    width = len(_HASHES.findall(Path(pattern).name)[0])
+    width = frame_digits(pattern)
     number = f"-{abs(frame):0{width}d}" if frame < 0 else f"{frame:0{width}d}"
     return Path(pattern).parent / _HASHES.sub(number, Path(pattern).name)
 

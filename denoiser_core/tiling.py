@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from denoiser_core.errors import DenoiserError
+from .errors import DenoiserError
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,11 @@ def test_exr_without_the_needed_passes_names_them_and_the_blender_setting(setup)
         del passes[name]
     thin = write_blender_exr(tmp_path / "thin.exr", passes)
     assert_one_line_error(run("denoise", thin, "-o", tmp_path / "o.exr"), 2,
-                          "Glossy Direct (enable with view_layer.use_pass_glossy_direct = True)",
-                          "Denoising Albedo, Denoising Normal, Denoising Depth "
-                          "(enable with view_layer.cycles.denoising_store_passes = True)")
+                          "Glossy Direct (enable in View Layer Properties > Passes > Light > Glossy > "
+                          "Direct, or view_layer.use_pass_glossy_direct = True)",
+                          "Denoising Albedo, Denoising Normal, Denoising Depth (enable in View Layer "
+                          "Properties > Passes > Data > Denoising Data, "
+                          "or view_layer.cycles.denoising_store_passes = True)")
     _no_output(tmp_path, "o.exr")
 
 

@@ -59,6 +59,10 @@ def test_several_inputs_into_a_folder_and_bad_output_forms(env):
     assert_one_line_error(run("denoise", *inputs, "-o", tmp_path / "one.exr"), 2, "need an output folder")
     assert_one_line_error(run("denoise", tmp_path / "x_####.exr", "-o", tmp_path / "o_####.exr"), 2,
                           "no files match")
+    write_blender_exr(tmp_path / "seq_0001.exr", synthetic_passes(8, 8))
+    assert_one_line_error(run("denoise", tmp_path / "seq_####.exr", "-o", tmp_path / "o_##_v##.exr"), 2,
+                          "o_##_v##.exr: use one run of # for the frame number")
+    assert not list(tmp_path.glob("o_*"))
     assert not (tmp_path / "one.exr").exists()
 
 
@@ -84,9 +88,15 @@ def test_info_lists_layers_passes_and_what_each_model_misses(env):
     assert "20x12" in out and "view layer 'Layer.001':" in out
     assert "Diffuse Direct" in out and "-> diffuse_direct" in out and "XYZ   -> denoising_normal" in out
     assert "model fast" in out and "model test-pooled" in out
-    assert "missing Transmission Color (enable with view_layer.use_pass_transmission_color = True)" in out
+    assert ("missing Transmission Color (enable in View Layer Properties > Passes > Light > Transmission > "
+            "Color, or view_layer.use_pass_transmission_color = True)") in out
     complete = run("info", write_blender_exr(tmp_path / "ok.exr", synthetic_passes(8, 8)), "--model", "fast")
     assert "view layer 'ViewLayer': ready" in complete.stdout and "test-pooled" not in complete.stdout
+    save_model(tmp_path / "models", "variance", name="test-variance")  # denoise would refuse it
+    variance = run("info", tmp_path / "ok.exr", "--model", "test-variance")
+    assert variance.code == 0, variance.stderr
+    assert "not usable on Blender renders: it needs diffuse_variance" in variance.stdout
+    assert "ready" not in variance.stdout
 
 
 def test_models_lists_installed_models(env):

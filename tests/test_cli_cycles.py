@@ -1,4 +1,5 @@
-"""``kprcan`` on a real Cycles 4.5 render (the ``cycles_exr`` fixture from tests/conftest.py)."""
+"""``kprcan`` on real Cycles renders: bpy 4.5 (``cycles_exr``) and bpy 5.0 (``cycles_exr_bpy5``, with
+5.0 pass names; skipped when the side environment .venv-bpy5 is missing — ``make test`` creates it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from onnx_models import save_model
 pytestmark = pytest.mark.slow  # the fixture renders with bpy on first use (then cached)
 
 
-def test_real_render_is_ready_and_identity_denoise_gives_back_combined(cycles_exr, tmp_path):
+@pytest.mark.parametrize("render", ["cycles_exr", "cycles_exr_bpy5"])
+def test_real_render_is_ready_and_identity_denoise_gives_back_combined(render, request, tmp_path):
+    cycles_exr = request.getfixturevalue(render)
     models = tmp_path / "models"
     identity = save_model(models, "identity", name="test-identity")
     info = kprcan("info", cycles_exr, "--model", identity, home=tmp_path, model_path=models)
@@ -23,6 +26,8 @@ def test_real_render_is_ready_and_identity_denoise_gives_back_combined(cycles_ex
     assert result.code == 0, result.stderr
     before, after = read_channels(cycles_exr), read_channels(out)
     assert set(before) <= set(after)
+    spelled = "Diffuse Direct" if render.endswith("bpy5") else "DiffDir"
+    assert f"ViewLayer.{spelled}.R" in before
     # Cycles' own light-path split recombines to Combined: the decomposition loses nothing on real data
     for channel in "RGBA":
         noisy = before[f"ViewLayer.Combined.{channel}"]

@@ -13,7 +13,7 @@ from exr_fixtures import read_channels, synthetic_passes, write_blender_exr
 from onnx_models import save_model
 
 from denoiser_core import DenoiserError, denoise_file, load_model, read_exr
-from denoiser_core.passes import decompose, recombine
+from denoiser_core.passes import PASS_TABLE, decompose, enable_hint, recombine
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,18 @@ def test_missing_passes_and_mismatched_sizes_are_reported(models):
     passes["diffuse_color"] = passes["diffuse_color"][:8]
     with pytest.raises(DenoiserError, match="different sizes"):
         models["guided"].denoise(passes)
+
+
+def test_missing_pass_hints_name_the_blender_checkbox_and_the_python_setting():
+    assert enable_hint("volume_indirect") == ("View Layer Properties > Passes > Light > Volume > Indirect, "
+                                              "or view_layer.cycles.use_pass_volume_indirect = True")
+    assert enable_hint("depth") == ("View Layer Properties > Passes > Data > Z, "
+                                    "or view_layer.use_pass_z = True")
+    for name, (_v4, _v5, _channels, setting) in PASS_TABLE.items():
+        hint = enable_hint(name)
+        assert hint.startswith(("View Layer Properties > Passes > Light > ",
+                                "View Layer Properties > Passes > Data > ")), hint
+        assert hint.endswith(f", or view_layer.{setting} = True")
 
 
 def test_variance_model_needs_variance_inputs(models):

@@ -131,3 +131,32 @@ def test_missing_garbage_and_truncated_files_raise_clear_errors(tmp_path):
         with pytest.raises(DenoiserError, match="corrupt") as caught:
             read_exr(tmp_path / name)
         assert "\n" not in str(caught.value)
+
+
+def test_half_output_clamps_to_the_half_range_instead_of_writing_inf(tmp_path):
+    passes = synthetic_passes(8, 8)
+    passes["depth"][:4] = 1e10  # what Cycles writes for background pixels in the Depth pass
+    passes["combined"][0, 0, :3] = [2e5, -7e4, 1.5]  # a sun disc can exceed half's 65504
+    out = write_exr(read_exr(write_blender_exr(tmp_path / "in.exr", passes)), tmp_path / "out.exr", half=True)
+    after = read_channels(out)
+    assert all(np.isfinite(plane).all() for plane in after.values())
+    assert (after["ViewLayer.Depth.Z"][:4] == 65504).all()
+    assert after["ViewLayer.Combined.R"][0, 0] == 65504 and after["ViewLayer.Combined.G"][0, 0] == -65504
+    assert after["ViewLayer.Combined.B"][0, 0] == 1.5
+
+
+def test_write_errors_name_the_output_not_the_temp_file_and_leave_nothing(tmp_path):
+    image = read_exr(write_blender_exr(tmp_path / "in.exr", synthetic_passes(8, 8)))
+    image.parts[0].header["bogus"] = object()  # an attribute OpenEXR cannot store
+    with pytest.raises(DenoiserError, match=r"^\S*out\.exr: cannot write EXR \(.*bogus") as caught:
+        write_exr(image, tmp_path / "out.exr")
+    assert ".tmp" not in str(caught.value) and caught.value.exit_code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.exr"]
+
+
+def test_a_pass_in_a_part_the_image_lacks_is_an_error_not_silently_dropped(tmp_path):
+    image = read_exr(write_blender_exr(tmp_path / "in.exr", synthetic_passes(8, 8)))
+    image.set_pass("ViewLayer", "Extra", "RGB", np.ones((8, 8, 3), np.float32), part=1)
+    with pytest.raises(DenoiserError, match="pass 'ViewLayer.Extra' is in part 1, but the image has 1 part"):
+        write_exr(image, tmp_path / "out.exr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.exr"]

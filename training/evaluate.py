@@ -92,7 +92,8 @@ def crop_box(reference: np.ndarray, size: int) -> tuple[int, int]:
 
 def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oidn: bool,
              crop_spp: int, device: str = "auto") -> tuple[list[dict], list[np.ndarray]]:
-    denoisers = {name: load_model(name, device) for name in model_names}
+    loaded = [load_model(name, device) for name in model_names]
+    denoisers = {denoiser.info.name: denoiser for denoiser in loaded}  # columns named as the models are
     rows, crops = [], []
     for view in find_views(data):
         reference = first_layer_passes(view / "reference.exr")["combined"][..., :3]

@@ -1,0 +1,46 @@
+"""Every model shipped in models/ loads, carries the metadata contract and really denoises a Cycles render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from denoiser_core import load_model, read_exr
+from denoiser_core.images import psnr, to_srgb
+from denoiser_core.models import read_model_info
+from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+SHIPPED = sorted(MODELS.glob("*.onnx"))
+
+
+def test_the_fast_default_and_a_quality_preset_are_shipped():
+    names = {path.stem for path in SHIPPED}
+    assert "fast" in names, f"models/ holds {sorted(names)}"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_has_contract_weights_and_config(path):
+    info = read_model_info(path)
+    assert info.name == path.stem
+    assert not info.needs_variance  # a user's single render has no variance passes
+    assert set(DECOMPOSITION_PASSES) | set(FEATURE_PASSES) <= set(info.required_passes)
+    assert info.parameters > 0 and info.receptive_radius > 0 and info.training_data
+    assert path.with_suffix(".safetensors").is_file()
+    config = json.loads(path.with_suffix(".json").read_text())
+    assert config["model"]["type"] == info.architecture
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_denoises_a_render_closer_to_its_reference(path, cycles_exr, cycles_reference_exr):
+    noisy = read_exr(cycles_exr).canonical_passes("ViewLayer")
+    reference = read_exr(cycles_reference_exr).canonical_passes("ViewLayer")["combined"][..., :3]
+    result = load_model(str(path), device="cpu").denoise(noisy, tile=32)
+    before = psnr(to_srgb(noisy["combined"]), to_srgb(reference))
+    after = psnr(to_srgb(result.beauty), to_srgb(reference))
+    assert np.isfinite(result.beauty).all()
+    assert after > before + 3.0, (before, after)
