@@ -66,6 +66,33 @@ def mean_passes(paths: list[Path]) -> dict[str, np.ndarray]:
     return {name: sum(p[name] for p in loaded) / len(loaded) for name in loaded[0]}
 
 
+def samples_of(path: Path) -> int:
+    """Samples per pixel Cycles recorded in the file's header (``cycles.<layer>.samples``)."""
+    header = read_exr(path).parts[0].header
+    found = [int(value) for key, value in header.items() if key.startswith("cycles.") and
+             key.endswith(".samples")]
+    if not found:
+        raise SystemExit(f"error: {path} does not record its sample count (cycles.*.samples)")
+    return found[0]
+
+
+def reference_noise_psnr(view: Path, inputs: dict[int, list[Path]]) -> float | None:
+    """PSNR the reference's own noise allows, estimated from the two halves of the largest sample count.
+
+    For independent halves A, B of n/2 samples, E[(A - B)^2] / 2 is the variance of one half; Monte
+    Carlo variance falls as 1/samples, so the reference's variance is that times (n/2) / reference
+    samples. Measured on clamped sRGB like PSNR (a first-order estimate). None without two halves.
+    """
+    pairs = [paths for paths in inputs.values() if len(paths) == 2]
+    if not pairs:
+        return None
+    half_a, half_b = max(pairs, key=lambda paths: samples_of(paths[0]))
+    a = to_srgb(first_layer_passes(half_a)["combined"])
+    b = to_srgb(first_layer_passes(half_b)["combined"])
+    variance = float(np.mean((a - b) ** 2)) / 2 * samples_of(half_a) / samples_of(view / "reference.exr")
+    return 10 * np.log10(1 / max(variance, 1e-12))
+
+
 def oidn_denoise(passes: dict[str, np.ndarray]) -> np.ndarray:
     import pyoidn
 
@@ -91,10 +118,10 @@ def crop_box(reference: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oidn: bool,
-             crop_spp: int, device: str = "auto") -> tuple[list[dict], list[np.ndarray]]:
+             crop_spp: int, device: str = "auto") -> tuple[list[dict], list[np.ndarray], dict]:
     loaded = [load_model(name, device) for name in model_names]
     denoisers = {denoiser.info.name: denoiser for denoiser in loaded}  # columns named as the models are
-    rows, crops = [], []
+    rows, crops, reference_noise = [], [], {}
     for view in find_views(data):
         reference = first_layer_passes(view / "reference.exr")["combined"][..., :3]
         inputs = noisy_inputs(view)
@@ -115,12 +142,14 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
                 y, x = crop_box(reference, 96)
                 window = [to_srgb(img[y:y + 96, x:x + 96]) for img, _ in results.values()]
                 crops.append(np.concatenate(window + [to_srgb(reference[y:y + 96, x:x + 96])], axis=1))
+        reference_noise[view.name] = reference_noise_psnr(view, inputs)
         print(f"  {view.name}: {len(chosen)} sample counts", flush=True)
-    return rows, crops
+    return rows, crops, reference_noise
 
 
-def summarise(rows: list[dict]) -> str:
-    """Markdown: mean of each metric per (spp, method), then PSNR per view, spp and method."""
+def summarise(rows: list[dict], reference_noise: dict[str, float | None]) -> str:
+    """Markdown: mean of each metric per (spp, method), then PSNR per view, spp and method, with the
+    PSNR each view's reference noise allows (a denoiser scored near it is limited by the reference)."""
     groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["spp"], row["method"])].append(row)
@@ -131,14 +160,17 @@ def summarise(rows: list[dict]) -> str:
         lines.append(f"| {spp} | {method} | {means['relmse']:.4f} | {means['psnr']:.2f} "
                      f"| {means['ssim']:.4f} | {means['flip']:.4f} | {means['seconds']:.2f} |")
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines += ["", "PSNR (dB) per view:", "", "| view | spp | " + " | ".join(methods) + " |",
-              "|---|---|" + "---|" * len(methods)]
+    lines += ["", "PSNR (dB) per view; the last column is the PSNR the reference's own noise allows "
+              "(estimated from the noisy halves):", "",
+              "| view | spp | " + " | ".join(methods) + " | reference noise |",
+              "|---|---|" + "---|" * (len(methods) + 1)]
     per_view: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for row in rows:
         per_view[(row["view"], row["spp"])][row["method"]] = row["psnr"]
     for (view, spp), values in sorted(per_view.items()):
         cells = " | ".join(f"{values.get(m, float('nan')):.2f}" for m in methods)
-        lines.append(f"| {view} | {spp} | {cells} |")
+        noise = reference_noise.get(view)
+        lines.append(f"| {view} | {spp} | {cells} | {'n/a' if noise is None else f'{noise:.1f}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval"),
                         help="folder for results.csv/.md, crops.png")
     args = parser.parse_args(argv)
-    rows, crops = evaluate(args.data, args.models, args.spp, not args.no_oidn, args.crop_spp, args.device)
+    rows, crops, reference_noise = evaluate(args.data, args.models, args.spp, not args.no_oidn,
+                                            args.crop_spp, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = summarise(rows)
+    table = summarise(rows, reference_noise)
     (args.out / "results.md").write_text(table)
     if crops:
         width = max(c.shape[1] for c in crops)
