@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import OpenEXR
 import pytest
-from cli_helpers import assert_one_line_error, kprcan
+from cli_helpers import REPO, Run, assert_one_line_error, kprcan
 from exr_fixtures import read_channels, synthetic_passes, write_blender_exr
 from onnx_models import save_model
 
@@ -147,11 +150,16 @@ def test_model_that_is_not_onnx_or_lacks_metadata(setup):
 
 
 def test_no_model_installed(setup):
-    tmp_path, source, run = setup
-    result = run("denoise", source, "-o", tmp_path / "o.exr", model_path=tmp_path / "empty")
-    if result.code == 0:
-        pytest.skip("a bundled model exists in this checkout")
-    assert_one_line_error(result, 2, "no models found")
+    tmp_path, source, _run = setup
+    # a copy of the package with no models/ beside it: what a bare `pip install` without models sees
+    bare = tmp_path / "bare"
+    shutil.copytree(REPO / "denoiser_core", bare / "denoiser_core",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(bare), KPRCAN_MODEL_PATH="")
+    done = subprocess.run([sys.executable, "-m", "denoiser_core", "denoise", str(source), "-o",
+                           str(tmp_path / "o.exr")], cwd=bare, env=env, capture_output=True, text=True)
+    assert_one_line_error(Run(done.returncode, done.stdout, done.stderr), 2, "no models found")
+    _no_output(tmp_path, "o.exr")
 
 
 def test_usage_errors_are_one_line(setup):
