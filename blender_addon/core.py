@@ -3,8 +3,9 @@
 The extension zip carries its own copy (``<extension>/denoiser_core``, put there by build.py) next to its
 shipped ``models`` folder. A development checkout has none and uses the importable top-level package.
 
-The copy is imported under the top-level name ``denoiser_core`` because the package imports itself by
-absolute name (``from denoiser_core.passes import ...``). Importing is deferred to first use so enabling
+The copy is imported under the top-level name ``denoiser_core`` so that ``denoise.py`` and the add-on
+modules share one module object with a development checkout's layout (the package itself only uses
+relative imports, so a subpackage import would work too). Importing is deferred to first use so enabling
 the add-on stays fast and a broken wheel shows up as a message in the panel instead of a failed enable.
 """
 
