@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from denoiser_core import load_model, read_exr  # noqa: E402
 from denoiser_core.images import to_srgb, to_uint8, write_png  # noqa: E402
 from denoiser_core.passes import sanitize  # noqa: E402
+from training.datagen.exr_io import read_passes  # noqa: E402
 from training.metrics import all_metrics  # noqa: E402
 
 NOISY_NAME = re.compile(r"^spp(\d+)(?:_([ab]))?\.exr$")
@@ -52,12 +53,10 @@ def noisy_inputs(view: Path) -> dict[int, list[Path]]:
 
 
 def first_layer_passes(path: Path) -> dict[str, np.ndarray]:
-    image = read_exr(path)
-    for layer in image.layers:
-        passes = image.canonical_passes(layer)
-        if "combined" in passes:
-            return {name: np.array(array, np.float32) for name, array in passes.items()}
-    raise SystemExit(f"error: {path} has no Combined pass")
+    passes = read_passes(str(path))
+    if "combined" not in passes:
+        raise SystemExit(f"error: {path} has no Combined pass")
+    return passes
 
 
 def mean_passes(paths: list[Path]) -> dict[str, np.ndarray]:

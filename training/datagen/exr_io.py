@@ -1,60 +1,24 @@
-"""Read Cycles multilayer EXRs into canonical passes (OpenEXR 3.x + numpy; no bpy, no torch)."""
+"""Cycles multilayer EXRs for the data factory: canonical passes (through denoiser_core) and raw
+channel listings for the render checks (OpenEXR 3.x + numpy; no bpy, no torch)."""
 
 from __future__ import annotations
 
 import numpy as np
 import OpenEXR
 
-from denoiser_core.passes import canonical_pass_name
-
-_COMPONENT_ORDER = {"R": 0, "G": 1, "B": 2, "A": 3, "X": 0, "Y": 1, "Z": 2, "V": 0, "U": 1, "W": 3}
-
-
-def read_layers(path: str) -> dict[str, np.ndarray]:
-    """``{"ViewLayer.DiffDir": (H, W, C) float32, ...}`` for all parts of a multilayer EXR.
-
-    Blender 4.x writes one interleaved part; Blender 5.0 by default writes one part per pass (multi-part
-    EXR), so every part is read. OpenEXR 3 already groups ``X.R``/``X.G``/``X.B`` into one (H, W, 3)
-    array named ``X``; channels it does not group (``.X/.Y/.Z`` normals, a lone ``.Z`` depth) are
-    stacked here in component order.
-    """
-    with OpenEXR.File(path, separate_channels=False) as exr:
-        channels = {name: np.array(ch.pixels) for part in exr.parts for name, ch in part.channels.items()}
-    grouped: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for name, pixels in channels.items():
-        if pixels.ndim == 3:
-            grouped[name] = [(0, pixels)]
-            continue
-        prefix, _, component = name.rpartition(".")
-        if not prefix or component not in _COMPONENT_ORDER:
-            prefix, component = name, "V"
-        grouped.setdefault(prefix, []).append((_COMPONENT_ORDER[component], pixels[..., None]))
-    return {name: np.concatenate([p for _o, p in sorted(parts, key=lambda t: t[0])], axis=-1)
-            .astype(np.float32) for name, parts in grouped.items()}
-
-
-def split_layer_name(full_name: str) -> tuple[str, str]:
-    """``"ViewLayer.Denoising Albedo"`` -> ("ViewLayer", "Denoising Albedo")."""
-    view_layer, _, pass_name = full_name.partition(".")
-    return (view_layer, pass_name) if pass_name else ("", view_layer)
+from denoiser_core import read_exr
 
 
 def read_passes(path: str, view_layer: str | None = None) -> dict[str, np.ndarray]:
-    """Canonical passes (``denoiser_core.passes`` names) of one view layer (default: the first found)."""
-    layers = read_layers(path)
-    passes: dict[str, np.ndarray] = {}
-    for full_name in sorted(layers):
-        layer, pass_name = split_layer_name(full_name)
-        if view_layer is None:
-            view_layer = layer
-        if layer != view_layer:
-            continue
-        canonical = canonical_pass_name(pass_name)
-        if canonical is not None:
-            passes[canonical] = layers[full_name]
-    if not passes:
+    """Canonical passes (``denoiser_core.passes`` names) of one view layer (default: the first that has
+    any), as (H, W, C) float32 arrays. Reading is ``denoiser_core.read_exr``'s: every part of the file
+    (Blender 5.0 writes one part per pass by default), any view-layer name, half or float."""
+    image = read_exr(path)
+    layers = [layer for layer in image.layers if image.canonical_passes(layer)]
+    if not layers or (view_layer is not None and view_layer not in layers):
         raise ValueError(f"{path}: no Cycles render passes found")
-    return passes
+    chosen = view_layer if view_layer is not None else layers[0]
+    return {name: np.array(pixels, np.float32) for name, pixels in image.canonical_passes(chosen).items()}
 
 
 def exr_channel_names(path: str) -> list[str]:
