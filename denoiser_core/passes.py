@@ -98,10 +98,6 @@ def enable_hint(canonical: str) -> str:
     return f"View Layer Properties > Passes > {where}, or view_layer.{PASS_TABLE[canonical][3]} = True"
 
 
-def channel_count(canonical: str) -> int:
-    return PASS_TABLE[canonical][2]
-
-
 @dataclass
 class Decomposition:
     """A render split into what the networks see and what is carried through.
