@@ -145,7 +145,15 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
     """Load a model by name or path (None: the default model) for ``device`` (auto, cpu, cuda, ...)."""
     info = resolve_model(name_or_path)
     providers = providers_for(device)
-    session = open_session(info.path, providers, session_options(providers))
+    try:
+        session = open_session(info.path, providers, session_options(providers))
+    except DenoiserError as accelerator_error:
+        if providers == [CPU]:
+            raise
+        # onnxruntime retries failed CUDA/TensorRT providers on the CPU itself; other providers (DirectML,
+        # CoreML) raise. A bad model file fails here again, with its own message.
+        session = open_session(info.path, [CPU], session_options([CPU]))
+        log.warning("%s could not start (%s); running on the CPU", providers[0], accelerator_error)
     check_graph(info, session)
     active = session.get_providers()
     if providers[0] != CPU and providers[0] not in active:

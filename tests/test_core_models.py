@@ -98,3 +98,12 @@ def test_devices_and_cpu_fallback(tmp_path, caplog):
     assert denoiser.providers == ["CPUExecutionProvider"]
     assert f"device '{missing}' is not available" in caplog.text
     assert set(ort.get_available_providers()) >= set(denoiser.providers)
+
+
+def test_provider_that_fails_to_start_falls_back_to_cpu(tmp_path):
+    """A provider whose creation fails (here one onnxruntime does not know) still yields a CPU session."""
+    from denoiser_core.models import open_session
+
+    providers = ["NoSuchExecutionProvider", "CPUExecutionProvider"]
+    session = open_session(save_model(tmp_path, "guided"), providers)
+    assert session.get_providers() == ["CPUExecutionProvider"]

@@ -107,3 +107,21 @@ def test_distributed_data_parallel_with_two_cpu_processes(tmp_path):
     assert "world size 2" in result.stdout
     state = RunFolder(run_dir).load_state("latest")
     assert state["step"] == 6 and state["world_size"] == 2 and state["skipped"] == 0
+
+
+def test_validation_curve_is_logged_across_resume_and_reported(tmp_path):
+    from training import study
+
+    run_dir = tmp_path / "study" / "kpcn"
+    train(tiny_config("kpcn", ["train.steps=20", "train.val_interval=10"]), run_dir, progress=False)
+    train(tiny_config("kpcn", ["train.steps=30", "train.val_interval=10"]), run_dir, progress=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [10, 20, 30]
+    assert rows[0]["seconds"] <= rows[1]["seconds"] <= rows[2]["seconds"]  # time carries over a resume
+    assert len({row["noisy_psnr"] for row in rows}) == 1  # the same validation images every time
+    assert all(row["l1"] > 0 and row["relmse"] > 0 and row["train_loss"] > 0 for row in rows)
+    assert study.finished(run_dir)
+    table = study.report(tmp_path / "study")
+    best = max(rows, key=lambda row: row["psnr"])
+    assert f"| {best['psnr']:.2f} ({best['step']}) |" in table
+    assert "| kprcn | residual blocks | | not run |" in table

@@ -14,6 +14,7 @@ e.g. more steps); passing a *different* ``--config`` for it is an error, nothing
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -31,8 +32,16 @@ from training.checkpoint import RunFolder, load_weights, write_json
 from training.config import Config, apply_override, config_from_dict, load_config, load_config_json
 from training.datasets import batch_stream, build_datasets
 from training.graph import build_graph
-from training.losses import DenoiseLoss, psnr, recombine, stage_loss
+from training.losses import DenoiseLoss, psnr, recombine, stage_loss, tonemap
 from training.optim import build_optimizer, build_scheduler, stage_at, stage_bounds
+
+VAL_KEYS = ("psnr", "noisy_psnr", "l1", "relmse")
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """One JSON line per validation: the run's curve, readable without TensorBoard (training/study.py)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 class TrainingStep(nn.Module):
@@ -59,10 +68,12 @@ def setup_distributed(preference: str) -> tuple[int, int, torch.device]:
 
 
 @torch.no_grad()
-def validate(graph: nn.Module, dataset, config: Config, device: torch.device) -> tuple[float, float]:
-    """Mean PSNR (tonemapped as ``loss.tonemap``) of the recombined denoised and noisy images."""
+def validate(graph: nn.Module, dataset, config: Config, device: torch.device) -> dict[str, float]:
+    """Validation scores of the recombined image: mean PSNR (tonemapped as ``loss.tonemap``) of the
+    denoised and the noisy input, and two losses that do not depend on the run's training loss (so runs
+    with different losses compare): ``l1`` of the tonemapped images and ``relmse`` in HDR."""
     graph.eval()
-    denoised, noisy = [], []
+    scores: dict[str, list[torch.Tensor]] = {"psnr": [], "noisy_psnr": [], "l1": [], "relmse": []}
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.data.batch_size)
     for index, batch in enumerate(loader):
         if index >= config.data.val_batches:
@@ -70,12 +81,15 @@ def validate(graph: nn.Module, dataset, config: Config, device: torch.device) ->
         batch = {k: v.to(device).float() for k, v in batch.items()}
         out = graph.denoise(batch)
         reference = recombine(batch["diffuse_color"], batch["diffuse_reference"], batch["specular_reference"])
-        denoised.append(psnr(recombine(batch["diffuse_color"], out["diffuse"], out["specular"]), reference,
-                             config.loss.tonemap))
-        noisy.append(psnr(recombine(batch["diffuse_color"], batch["diffuse"], batch["specular"]), reference,
-                          config.loss.tonemap))
+        denoised = recombine(batch["diffuse_color"], out["diffuse"], out["specular"])
+        noisy = recombine(batch["diffuse_color"], batch["diffuse"], batch["specular"])
+        scores["psnr"].append(psnr(denoised, reference, config.loss.tonemap))
+        scores["noisy_psnr"].append(psnr(noisy, reference, config.loss.tonemap))
+        shown = tonemap(denoised, config.loss.tonemap) - tonemap(reference, config.loss.tonemap)
+        scores["l1"].append(shown.abs().flatten(1).mean(1))
+        scores["relmse"].append(((denoised - reference) ** 2 / (reference ** 2 + 1e-2)).flatten(1).mean(1))
     graph.train()
-    return float(torch.cat(denoised).mean()), float(torch.cat(noisy).mean())
+    return {name: float(torch.cat(values).mean()) for name, values in scores.items()}
 
 
 def train(config: Config, run_dir: str | Path, init: str | Path | None = None, train_set=None, val_set=None,
@@ -119,11 +133,13 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
     bar = tqdm(total=total, initial=step, disable=rank != 0 or not progress, desc=config.name, unit="step")
     stage_index, optimizer, scheduler, losses, window = None, None, None, [], []
     clock, patches = time.perf_counter(), 0
+    started = clock - (resume.get("seconds", 0.0) if resume else 0.0)
 
     def save(tag: str) -> None:
         run.save(tag, graph, {"step": step, "stage": stage_index, "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict() if scheduler else {}, "skipped": skipped,
-                              "best_psnr": best, "world_size": world})
+                              "best_psnr": best, "world_size": world,
+                              "seconds": time.perf_counter() - started})
 
     while step < total:
         if stage_at(config, step) != stage_index:  # new stage: fresh optimiser at the stage's lr
@@ -167,17 +183,24 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
                 writer.add_scalar(f"train/{key}", value, step)
             clock, patches, window = time.perf_counter(), 0, []
         if val_set is not None and (step % config.train.val_interval == 0 or step == total):
-            score = torch.tensor(validate(graph, val_set, config, device) if rank == 0 else (0.0, 0.0),
-                                 device=device)  # nccl broadcasts device tensors only
+            scores = validate(graph, val_set, config, device) if rank == 0 else dict.fromkeys(VAL_KEYS, 0.0)
+            score = torch.tensor([scores[key] for key in VAL_KEYS], device=device)  # nccl: device tensors
             if world > 1:
                 dist.broadcast(score, 0)
-            value, noisy = score.tolist()
+            scores = dict(zip(VAL_KEYS, score.tolist(), strict=True))
+            value = scores["psnr"]
             if scheduler and config.schedule.type == "plateau":
                 scheduler.step(value)
             if writer:
-                writer.add_scalar("val/psnr", value, step)
-                writer.add_scalar("val/psnr_noisy", noisy, step)
-                bar.write(f"step {step}: validation PSNR {value:.2f} dB (noisy {noisy:.2f} dB)")
+                for key, number in scores.items():
+                    writer.add_scalar(f"val/{key}", number, step)
+                recent = [item[2] for item in losses[-config.train.val_interval:]]
+                append_metrics(run.path / "metrics.jsonl", {
+                    "step": step, "stage": stage_index, "seconds": round(time.perf_counter() - started, 1),
+                    "train_loss": sum(recent) / len(recent) if recent else None,
+                    **{key: round(number, 6) for key, number in scores.items()}})
+                bar.write(f"step {step}: validation PSNR {value:.2f} dB "
+                          f"(noisy {scores['noisy_psnr']:.2f} dB)")
             if value > best:
                 best = value
                 if rank == 0:
