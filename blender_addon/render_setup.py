@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 from . import compat
 from .core import core
 
-# Denoised as part of the specular buffer when present (else passed through untouched): worth enabling.
-RECOMMENDED = ("volume_direct", "volume_indirect")
-
 
 def model_info(model: str | None):
     """ModelInfo of a model name / path without creating an inference session."""
@@ -76,7 +73,8 @@ def configure_passes(scene, info, multilayer_output: bool = False) -> SetupRepor
     if scene.render.engine != "CYCLES":
         scene.render.engine = "CYCLES"
         report.engine_changed = True
-    wanted = (*needed_passes(info), *RECOMMENDED)
+    # The optional (volume) passes are denoised with the specular buffer when present: worth enabling.
+    wanted = (*needed_passes(info), *core().passes.OPTIONAL_PASSES)
     for layer in rendered_view_layers(scene):
         turned_on = [name for name in wanted if not compat.pass_enabled(layer, name)]
         for name in turned_on:

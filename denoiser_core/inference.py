@@ -16,6 +16,7 @@ from .models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve
 from .passes import (
     DECOMPOSITION_PASSES,
     FEATURE_PASSES,
+    OPTIONAL_PASSES,
     decompose,
     missing_passes,
     missing_passes_hint,
@@ -90,7 +91,9 @@ class Denoiser:
         if self.info.needs_variance and any(v not in passes for v in VARIANCE_INPUTS):
             raise DenoiserError(f"model {self.info.name!r} needs {', '.join(VARIANCE_INPUTS)} inputs, "
                                 "which Blender does not render; choose another model")
-        wanted = (*self.required_passes, *VARIANCE_INPUTS)
+        # The optional passes must reach decompose() as they did at training time (pack.py decomposes
+        # every pass), or volume light would silently drop into the untouched residual.
+        wanted = (*self.required_passes, *OPTIONAL_PASSES, *VARIANCE_INPUTS)
         used = {name: _hwc(passes[name]) for name in wanted if name in passes}
         if "noisy_image" in passes:
             used["combined"] = _hwc(passes["noisy_image"])

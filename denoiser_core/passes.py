@@ -53,15 +53,16 @@ PASS_TABLE: dict[str, tuple[str, str, int, str]] = {
     "noisy_image": ("Noisy Image", "Noisy Image", 4, "cycles.denoising_store_passes"),
 }
 
-# Passes the decomposition needs. Volume, emission and environment are optional: when absent they
-# stay in the residual (passed through, not denoised).
+# Passes the decomposition needs. The volume passes are optional: present, they are denoised as part of
+# the specular buffer; absent, volume light stays in the residual (passed through, not denoised).
+# Emission, environment and anything else always stay in the residual.
 DECOMPOSITION_PASSES = (
     "combined",
     "diffuse_direct", "diffuse_indirect", "diffuse_color",
     "glossy_direct", "glossy_indirect", "glossy_color",
     "transmission_direct", "transmission_indirect", "transmission_color",
 )
-OPTIONAL_PASSES = ("volume_direct", "volume_indirect", "emission", "environment")
+OPTIONAL_PASSES = ("volume_direct", "volume_indirect")
 FEATURE_PASSES = ("denoising_albedo", "denoising_normal", "denoising_depth")
 
 _LAYER_NAME_TO_CANONICAL = {}
@@ -147,7 +148,7 @@ def decompose(passes: dict[str, np.ndarray]) -> Decomposition:
     diffuse_color = get("diffuse_color")
     specular = (get("glossy_color") * (get("glossy_direct") + get("glossy_indirect"))
                 + get("transmission_color") * (get("transmission_direct") + get("transmission_indirect")))
-    for name in ("volume_direct", "volume_indirect"):
+    for name in OPTIONAL_PASSES:
         if name in passes:
             specular = specular + get(name)
     residual = rgb - (diffuse_color * diffuse + specular)

@@ -39,6 +39,9 @@ def test_identity_model_returns_the_noisy_render(models):
                                * (passes["diffuse_direct"] + passes["diffuse_indirect"]), rtol=1e-6)
     assert result.beauty.shape == (24, 32, 4) and result.specular.shape == (24, 32, 3)
     assert set(result.outputs) == {"diffuse_denoised", "specular_denoised"}
+    # The network sees the specular buffer training packed (decompose of every pass): volume included.
+    np.testing.assert_allclose(result.outputs["specular_denoised"], decompose(passes).specular, rtol=1e-6)
+    assert np.abs(passes["volume_direct"]).max() > 0.01
 
 
 def test_filter_model_reduces_noise(models):
