@@ -27,10 +27,10 @@ OVERLAY = "study.yaml"
 RUNS: list[tuple[str, str, list[str], str]] = [
     ("kpcn", "kpcn.yaml", [], "KPCN, L1 loss: the baseline"),
     ("kpcn_seed1", "kpcn.yaml", ["train.seed=1"], "the baseline with another seed: run-to-run noise"),
-    ("kprcn", "kprcn.yaml", [], "residual blocks"),
-    ("kprcan_4block", "kprcan_4block.yaml", [], "residual channel-attention blocks, KPCN's depth"),
     ("direct_cnn", "direct_cnn.yaml", [], "KPCN's network predicting colour directly"),
     ("kpcn_tonemapped_loss", "kpcn.yaml", ["loss.range=tonemapped"], "loss on clamped sRGB, not HDR"),
+    ("kprcn", "kprcn.yaml", [], "residual blocks"),
+    ("kprcan_4block", "kprcan_4block.yaml", [], "residual channel-attention blocks, KPCN's depth"),
     ("kpcn_batchnorm", "ablation_kpcn_batchnorm.yaml", [], "batch norm after hidden convolutions"),
     ("kpcn_dropout", "ablation_kpcn_dropout.yaml", [], "channel dropout 0.1"),
     ("kpcn_deep", "ablation_kpcn_deep.yaml", [], "13 layers instead of 9"),
