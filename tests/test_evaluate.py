@@ -41,4 +41,6 @@ def test_evaluate_scores_noisy_oidn_and_a_model(cycles_exr, cycles_reference_exr
     assert psnr["test-guided"] != psnr["noisy"] and 0 < float(rows["test-guided"]["ssim"]) <= 1
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| 32 | oidn |" in table and "view-a" in table
+    view_row = next(line for line in table.splitlines() if line.startswith("| view-a | 32 |"))
+    assert len(view_row.split("|")) == 2 + 2 + 3 + 2  # view, spp, 3 methods, reference noise, fireflies
     assert (tmp_path / "eval" / "crops.png").read_bytes().startswith(b"\x89PNG")

@@ -29,6 +29,7 @@ from denoiser_core import load_model, read_exr  # noqa: E402
 from denoiser_core.images import to_srgb, to_uint8, write_png  # noqa: E402
 from denoiser_core.passes import sanitize  # noqa: E402
 from training.datagen.exr_io import read_passes  # noqa: E402
+from training.datagen.quality import find_fireflies  # noqa: E402
 from training.metrics import all_metrics  # noqa: E402
 
 NOISY_NAME = re.compile(r"^spp(\d+)(?:_([ab]))?\.exr$")
@@ -141,14 +142,16 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
                 y, x = crop_box(reference, 96)
                 window = [to_srgb(img[y:y + 96, x:x + 96]) for img, _ in results.values()]
                 crops.append(np.concatenate(window + [to_srgb(reference[y:y + 96, x:x + 96])], axis=1))
-        reference_noise[view.name] = reference_noise_psnr(view, inputs)
+        reference_noise[view.name] = (reference_noise_psnr(view, inputs),
+                                      100.0 * float(find_fireflies(reference).mean()))
         print(f"  {view.name}: {len(chosen)} sample counts", flush=True)
     return rows, crops, reference_noise
 
 
-def summarise(rows: list[dict], reference_noise: dict[str, float | None]) -> str:
+def summarise(rows: list[dict], reference_noise: dict[str, tuple[float | None, float]]) -> str:
     """Markdown: mean of each metric per (spp, method), then PSNR per view, spp and method, with the
-    PSNR each view's reference noise allows (a denoiser scored near it is limited by the reference)."""
+    PSNR each view's reference noise allows (a denoiser scored near it is limited by the reference) and
+    the reference's firefly pixels in % (training.datagen.quality; packing drops views above 0.2 %)."""
     groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["spp"], row["method"])].append(row)
@@ -159,17 +162,19 @@ def summarise(rows: list[dict], reference_noise: dict[str, float | None]) -> str
         lines.append(f"| {spp} | {method} | {means['relmse']:.4f} | {means['psnr']:.2f} "
                      f"| {means['ssim']:.4f} | {means['flip']:.4f} | {means['seconds']:.2f} |")
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines += ["", "PSNR (dB) per view; the last column is the PSNR the reference's own noise allows "
-              "(estimated from the noisy halves):", "",
-              "| view | spp | " + " | ".join(methods) + " | reference noise |",
-              "|---|---|" + "---|" * (len(methods) + 1)]
+    lines += ["", "PSNR (dB) per view; *reference noise* is the PSNR the reference's own noise allows "
+              "(estimated from the noisy halves), *fireflies* the reference's isolated spike pixels in % "
+              "(a view above 0.2 % holds light paths the inputs hardly sample; no method can match it):", "",
+              "| view | spp | " + " | ".join(methods) + " | reference noise | fireflies % |",
+              "|---|---|" + "---|" * (len(methods) + 2)]
     per_view: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for row in rows:
         per_view[(row["view"], row["spp"])][row["method"]] = row["psnr"]
     for (view, spp), values in sorted(per_view.items()):
         cells = " | ".join(f"{values.get(m, float('nan')):.2f}" for m in methods)
-        noise = reference_noise.get(view)
-        lines.append(f"| {view} | {spp} | {cells} | {'n/a' if noise is None else f'{noise:.1f}'} |")
+        noise, fireflies = reference_noise.get(view, (None, float("nan")))
+        lines.append(f"| {view} | {spp} | {cells} | {'n/a' if noise is None else f'{noise:.1f}'} "
+                     f"| {fireflies:.2f} |")
     return "\n".join(lines) + "\n"
 
 
