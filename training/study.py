@@ -31,6 +31,8 @@ RUNS: list[tuple[str, str, list[str], str]] = [
     ("kpcn_tonemapped_loss", "kpcn.yaml", ["loss.range=tonemapped"], "loss on clamped sRGB, not HDR"),
     ("kprcn", "kprcn.yaml", [], "residual blocks"),
     ("kprcan_4block", "kprcan_4block.yaml", [], "residual channel-attention blocks, KPCN's depth"),
+    ("kprcan_4block_tail5", "kprcan_4block.yaml", ["model.tail_kernel_size=5"],
+     "the same with KPCN's 5x5 kernel-predicting layer instead of 1x1"),
     ("kpcn_batchnorm", "ablation_kpcn_batchnorm.yaml", [], "batch norm after hidden convolutions"),
     ("kpcn_dropout", "ablation_kpcn_dropout.yaml", [], "channel dropout 0.1"),
     ("kpcn_deep", "ablation_kpcn_deep.yaml", [], "13 layers instead of 9"),
