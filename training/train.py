@@ -32,7 +32,7 @@ from training.checkpoint import RunFolder, load_weights, write_json
 from training.config import Config, apply_override, config_from_dict, load_config, load_config_json
 from training.datasets import batch_stream, build_datasets
 from training.graph import build_graph
-from training.losses import DenoiseLoss, psnr, recombine, stage_loss, tonemap
+from training.losses import POINTWISE, DenoiseLoss, psnr, recombine, stage_loss, tonemap
 from training.optim import build_optimizer, build_scheduler, stage_at, stage_bounds
 
 VAL_KEYS = ("psnr", "noisy_psnr", "l1", "relmse")
@@ -73,7 +73,7 @@ def validate(graph: nn.Module, dataset, config: Config, device: torch.device) ->
     denoised and the noisy input, and two losses that do not depend on the run's training loss (so runs
     with different losses compare): ``l1`` of the tonemapped images and ``relmse`` in HDR."""
     graph.eval()
-    scores: dict[str, list[torch.Tensor]] = {"psnr": [], "noisy_psnr": [], "l1": [], "relmse": []}
+    scores: dict[str, list[torch.Tensor]] = {key: [] for key in VAL_KEYS}
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.data.batch_size)
     for index, batch in enumerate(loader):
         if index >= config.data.val_batches:
@@ -85,9 +85,9 @@ def validate(graph: nn.Module, dataset, config: Config, device: torch.device) ->
         noisy = recombine(batch["diffuse_color"], batch["diffuse"], batch["specular"])
         scores["psnr"].append(psnr(denoised, reference, config.loss.tonemap))
         scores["noisy_psnr"].append(psnr(noisy, reference, config.loss.tonemap))
-        shown = tonemap(denoised, config.loss.tonemap) - tonemap(reference, config.loss.tonemap)
-        scores["l1"].append(shown.abs().flatten(1).mean(1))
-        scores["relmse"].append(((denoised - reference) ** 2 / (reference ** 2 + 1e-2)).flatten(1).mean(1))
+        shown = (tonemap(denoised, config.loss.tonemap), tonemap(reference, config.loss.tonemap))
+        scores["l1"].append(POINTWISE["l1"](*shown).flatten(1).mean(1))
+        scores["relmse"].append(POINTWISE["relmse"](denoised, reference).flatten(1).mean(1))
     graph.train()
     return {name: float(torch.cat(values).mean()) for name, values in scores.items()}
 
