@@ -121,7 +121,7 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
              crop_spp: int, device: str = "auto") -> tuple[list[dict], list[np.ndarray], dict]:
     loaded = [load_model(name, device) for name in model_names]
     denoisers = {denoiser.info.name: denoiser for denoiser in loaded}  # columns named as the models are
-    rows, crops, reference_noise = [], [], {}
+    rows, crops, reference_checks = [], [], {}
     for view in find_views(data):
         reference = first_layer_passes(view / "reference.exr")["combined"][..., :3]
         inputs = noisy_inputs(view)
@@ -142,13 +142,13 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
                 y, x = crop_box(reference, 96)
                 window = [to_srgb(img[y:y + 96, x:x + 96]) for img, _ in results.values()]
                 crops.append(np.concatenate(window + [to_srgb(reference[y:y + 96, x:x + 96])], axis=1))
-        reference_noise[view.name] = (reference_noise_psnr(view, inputs),
-                                      100.0 * float(find_fireflies(reference).mean()))
+        reference_checks[view.name] = (reference_noise_psnr(view, inputs),
+                                       100.0 * float(find_fireflies(reference).mean()))
         print(f"  {view.name}: {len(chosen)} sample counts", flush=True)
-    return rows, crops, reference_noise
+    return rows, crops, reference_checks
 
 
-def summarise(rows: list[dict], reference_noise: dict[str, tuple[float | None, float]]) -> str:
+def summarise(rows: list[dict], reference_checks: dict[str, tuple[float | None, float]]) -> str:
     """Markdown: mean of each metric per (spp, method), then PSNR per view, spp and method, with the
     PSNR each view's reference noise allows (a denoiser scored near it is limited by the reference) and
     the reference's firefly pixels in % (training.datagen.quality; packing drops views above 0.2 %)."""
@@ -172,7 +172,7 @@ def summarise(rows: list[dict], reference_noise: dict[str, tuple[float | None, f
         per_view[(row["view"], row["spp"])][row["method"]] = row["psnr"]
     for (view, spp), values in sorted(per_view.items()):
         cells = " | ".join(f"{values.get(m, float('nan')):.2f}" for m in methods)
-        noise, fireflies = reference_noise.get(view, (None, float("nan")))
+        noise, fireflies = reference_checks.get(view, (None, float("nan")))
         lines.append(f"| {view} | {spp} | {cells} | {'n/a' if noise is None else f'{noise:.1f}'} "
                      f"| {fireflies:.2f} |")
     return "\n".join(lines) + "\n"
@@ -190,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval"),
                         help="folder for results.csv/.md, crops.png")
     args = parser.parse_args(argv)
-    rows, crops, reference_noise = evaluate(args.data, args.models, args.spp, not args.no_oidn,
+    rows, crops, reference_checks = evaluate(args.data, args.models, args.spp, not args.no_oidn,
                                             args.crop_spp, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = summarise(rows, reference_noise)
+    table = summarise(rows, reference_checks)
     (args.out / "results.md").write_text(table)
     if crops:
         width = max(c.shape[1] for c in crops)
