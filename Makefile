@@ -30,5 +30,7 @@ test: $(BIN)/python $(BPY5)
 lint: $(BIN)/python
 	$(BIN)/ruff check .
 
+# Needs OIDN (pyoidn, in the train extra) for the baseline rows.
 benchmark: $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[train]"
 	$(BIN)/python benchmarks/benchmark_speed.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU time of each architecture's exported graph with onnxruntime at 1080p, next to Intel OIDN.
 
-    python training/bench_archs.py [--configs fast kpcn ...] [--repeats 3] [--markdown]
+    python training/bench_archs.py [--configs fast kpcn ...] [--repeats 3]
 
 Weights are random (time does not depend on them). Each model runs on a 1920x1080 frame in one piece
 with onnxruntime's default CPU threads, after a warm-up run; the median of ``--repeats`` runs is reported.

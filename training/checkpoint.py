@@ -1,6 +1,7 @@
 """Run folders and checkpoints.
 
-A run folder ``runs/<name>/`` holds ``config.json`` (the complete resolved config), ``tb/`` (TensorBoard)
+A run folder ``runs/<name>/`` holds ``config.json`` (the complete resolved config), ``tb/`` (TensorBoard),
+``metrics.jsonl`` (one line per validation: step, seconds, losses, PSNR)
 and ``checkpoints/{latest,best}.safetensors`` (graph weights) with ``{tag}.state.pt`` beside each (step,
 stage, optimizer, scheduler, counters: plain tensors and dicts, read back with ``weights_only=True``).
 Every file is written to a temporary name in the same folder and moved into place, so an interrupted

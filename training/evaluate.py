@@ -1,6 +1,7 @@
 """Score denoisers against references: kprcan models (ONNX, through denoiser_core) and Intel OIDN.
 
-    python training/evaluate.py --data data/val --models fast quality --out docs/eval
+    python training/evaluate.py --data data/renders/val --models fast [other.onnx ...] --spp 4 16 64 \
+        --out models/eval
 
 ``--data`` holds one folder per view with ``reference.exr`` and noisy renders named ``spp<N>.exr``
 (or the two half-sample renders ``spp<N>_a.exr`` / ``spp<N>_b.exr``, averaged here as the full-sample

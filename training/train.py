@@ -5,9 +5,10 @@
                              [--set train.steps=200 --set data.batch_size=8] [--init models/fast.safetensors]
     torchrun --nproc_per_node 2 training/train.py --config ...     # DistributedDataParallel (gloo/nccl)
 
-The run folder (default ``runs/<config name>``) gets ``config.json``, ``checkpoints/`` and ``tb/``. An
-existing run folder resumes from its latest checkpoint with its stored config (``--set`` may change it,
-e.g. more steps); passing a *different* ``--config`` for it is an error, nothing is overwritten.
+The run folder (default ``runs/<config name>``) gets ``config.json``, ``checkpoints/``, ``tb/`` and
+``metrics.jsonl``. An existing run folder resumes from its latest checkpoint with its stored config
+(``--set`` may change it, e.g. more steps); passing a *different* ``--config`` for it is an error, nothing
+is overwritten.
 ``--init`` starts a new run from exported weights (its ``.json`` config is used if no ``--config``).
 """
 

@@ -12,7 +12,11 @@ image mean), then pruned with a keep probability proportional to the score. Patc
 non-finite input pixel, with more than 0.1 % firefly pixels in the reference, or overflowing fp16 are
 dropped and counted.
 
-Layout: ``OUT/packed/{split}-p{patch}/shard-00000.npy`` (N, C, P, P) float16 plus ``index.json``.
+Whole views whose reference has more than ``--max-firefly-fraction`` (0.2 %) firefly pixels are discarded
+and listed in the index: light paths the inputs hardly sample cannot be learned from them.
+
+Layout: ``OUT/packed/{split}-p{patch}/shard-00000.npy`` (N, C, P, P) float16 plus ``index.json``; with
+``--full``, ``OUT/packed/{split}-full/`` holds whole views instead (validation, or random crops in training).
 """
 
 from __future__ import annotations
