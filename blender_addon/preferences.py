@@ -56,7 +56,7 @@ class KPRCAN_AddonPreferences(bpy.types.AddonPreferences):
                                description="An .onnx model following the kprcan contract")
     device: EnumProperty(name="Device", items=_devices,
                          description="Where the network runs (onnxruntime execution provider)")
-    tile_size: IntProperty(name="Tile Size", default=512, min=64, max=8192,
+    tile_size: IntProperty(name="Tile Size", default=1024, min=64, max=8192,  # denoiser_core DEFAULT_TILE
                            description="Largest square processed at once; smaller uses less memory")
     output_dir: StringProperty(
         name="Output Folder", subtype="DIR_PATH", default="",

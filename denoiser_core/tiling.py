@@ -1,12 +1,12 @@
 """Overlapping tiles whose stitched result equals one run over the whole image.
 
 The image is (virtually) padded by reflection at the bottom/right to a multiple of the model's
-``size_multiple``. It is cut into *cores* of ``tile`` pixels; each core is run inside a *window* that adds
-``receptive_radius`` pixels of context on every side (less at the image border, where the whole-image run
-sees the same border). Window origins and sizes are multiples of ``size_multiple`` so strided layers see the
-same sampling grid as in the whole-image run, and every window has the same size so the runtime sees one
-input shape (memory planning, TensorRT engines). The result is then exactly the whole-image result, with
-memory bounded by the window size instead of the image size.
+``size_multiple``. It is cut into equal *cores* of at most ``tile`` pixels; each core is run inside a
+*window* that adds ``receptive_radius`` pixels of context on every side (less at the image border, where
+the whole-image run sees the same border). Window origins and sizes are multiples of ``size_multiple`` so
+strided layers see the same sampling grid as in the whole-image run, and every window has the same size so
+the runtime sees one input shape (memory planning, TensorRT engines). The result is then exactly the
+whole-image result, with memory bounded by the window size instead of the image size.
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ def round_up(value: int, multiple: int) -> int:
 def axis_spans(length: int, tile: int, radius: int, multiple: int) -> list[Span]:
     """Tiles along an axis of ``length`` pixels (cores clipped to ``length``, windows in padded space)."""
     padded = round_up(length, multiple)
-    core = round_up(max(tile, 1), multiple)
+    largest = round_up(max(tile, 1), multiple)
     margin = round_up(radius, multiple)
-    window = core + 2 * margin
-    if window >= padded:  # one window holds the whole axis: a single run, no repeated work
+    if largest + 2 * margin >= padded:  # one window holds the whole axis: a single run, no repeated work
         return [Span(0, length, 0, padded)]
+    # equal cores of at most ``tile``: 1088 rows in tiles of 512 run as 3 x 368, not 512 + 512 + a 64-row
+    # sliver that costs a whole window
+    core = round_up(-(-padded // -(-padded // largest)), multiple)
+    window = core + 2 * margin
     spans = []
     for start in range(0, padded, core):
         window_start = min(max(start - margin, 0), padded - window)

@@ -96,3 +96,9 @@ def test_progress_reaches_one_and_cancel_stops(tmp_path, passes):
 def test_no_repeated_work_when_one_window_holds_the_axis():
     assert axis_spans(550, 512, 40, 8) == [axis_spans(550, 10_000, 40, 8)[0]]
     assert len(axis_spans(600, 512, 40, 8)) == 2
+
+
+def test_cores_are_balanced_so_no_sliver_costs_a_whole_window():
+    spans = axis_spans(1080, 512, 140, 16)  # 1080p rows, the fast model's context and size multiple
+    assert [s.core_end - s.core_start for s in spans] == [368, 368, 344]  # not 512, 512, 56
+    assert all(s.window_end - s.window_start == 368 + 2 * 144 for s in spans)

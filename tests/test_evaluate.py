@@ -44,3 +44,23 @@ def test_evaluate_scores_noisy_oidn_and_a_model(cycles_exr, cycles_reference_exr
     view_row = next(line for line in table.splitlines() if line.startswith("| view-a | 32 |"))
     assert len(view_row.split("|")) == 2 + 2 + 3 + 2  # view, spp, 3 methods, reference noise, fireflies
     assert (tmp_path / "eval" / "crops.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_models_with_the_same_name_get_columns_named_after_their_files(cycles_exr, cycles_reference_exr,
+                                                                        tmp_path):
+    view = tmp_path / "data" / "view-a"
+    view.mkdir(parents=True)
+    shutil.copy(cycles_reference_exr, view / "reference.exr")
+    shutil.copy(cycles_exr, view / "spp16.exr")
+    model = save_model(tmp_path / "models", "guided", name="fast")
+    older = tmp_path / "older" / "fast_v1.onnx"  # e.g. the previous release, same metadata name
+    older.parent.mkdir()
+    shutil.copy(model, older)
+
+    code = evaluate.main(["--data", str(tmp_path / "data"), "--models", str(model), str(older),
+                          "--no-oidn", "--out", str(tmp_path / "eval")])
+
+    assert code == 0
+    with open(tmp_path / "eval" / "results.csv") as f:
+        methods = {row["method"] for row in csv.DictReader(f)}
+    assert methods == {"noisy", "fast", "fast_v1"}

@@ -60,8 +60,9 @@ def test_declared_receptive_radius_covers_the_measured_one(name):
 def test_full_presets_have_the_documented_shape():
     fast = build_graph(load_config(CONFIGS / "fast.yaml"))
     params = sum(p.numel() for p in fast.parameters())
-    assert 300_000 <= params <= 1_000_000 and fast.size_multiple == 8
-    assert flops_per_megapixel(fast, 64) / 1e9 <= 100
+    # the CPU default must stay within 2x OIDN's time per frame: ~120 GFLOP/MP measured 1.5x (MODEL_CARD)
+    assert 1_000_000 <= params <= 3_000_000 and fast.size_multiple == 16
+    assert flops_per_megapixel(fast, 64) / 1e9 <= 130
     kpcn = build_graph(load_config(CONFIGS / "kpcn.yaml"))
     assert kpcn.size_multiple == 1 and kpcn.receptive_radius == 9 * 2 + 1  # 9 convs of 5x5, + gradients
     four_block = build_graph(load_config(CONFIGS / "kprcan_4block.yaml"))

@@ -120,8 +120,15 @@ def crop_box(reference: np.ndarray, size: int) -> tuple[int, int]:
 
 def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oidn: bool,
              crop_spp: int, device: str = "auto") -> tuple[list[dict], list[np.ndarray], dict]:
-    loaded = [load_model(name, device) for name in model_names]
-    denoisers = {denoiser.info.name: denoiser for denoiser in loaded}  # columns named as the models are
+    denoisers = {}
+    for name in model_names:
+        denoiser = load_model(name, device)
+        column = denoiser.info.name  # columns named as the models are, or as their files where names clash
+        if column in denoisers or column in ("noisy", "oidn"):
+            column = Path(name).stem
+        if column in denoisers:
+            raise SystemExit(f"error: two models named {column!r}: rename one of the .onnx files")
+        denoisers[column] = denoiser
     rows, crops, reference_checks = [], [], {}
     for view in find_views(data):
         reference = first_layer_passes(view / "reference.exr")["combined"][..., :3]
