@@ -30,7 +30,7 @@ test: $(BIN)/python $(BPY5)
 lint: $(BIN)/python
 	$(BIN)/ruff check .
 
-# Needs OIDN (pyoidn, in the train extra) for the baseline rows.
+# Needs OIDN (pyoidn) for the baseline rows; no torch.
 benchmark: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[train]"
+	$(BIN)/python -m pip install -q -e . "pyoidn>=2.3"
 	$(BIN)/python benchmarks/benchmark_speed.py

@@ -57,7 +57,8 @@ class KPRCAN_AddonPreferences(bpy.types.AddonPreferences):
     device: EnumProperty(name="Device", items=_devices,
                          description="Where the network runs (onnxruntime execution provider)")
     tile_size: IntProperty(name="Tile Size", default=1024, min=64, max=8192,  # denoiser_core DEFAULT_TILE
-                           description="Largest square processed at once; smaller uses less memory")
+                           description="Largest tile edge (each tile also reads the model's context "
+                                       "around it); smaller uses less memory")
     output_dir: StringProperty(
         name="Output Folder", subtype="DIR_PATH", default="",
         description="Where denoised EXRs are written; empty: the folder of the scene's render output")

@@ -1,12 +1,13 @@
 """Overlapping tiles whose stitched result equals one run over the whole image.
 
 The image is (virtually) padded by reflection at the bottom/right to a multiple of the model's
-``size_multiple``. It is cut into equal *cores* of at most ``tile`` pixels; each core is run inside a
-*window* that adds ``receptive_radius`` pixels of context on every side (less at the image border, where
-the whole-image run sees the same border). Window origins and sizes are multiples of ``size_multiple`` so
-strided layers see the same sampling grid as in the whole-image run, and every window has the same size so
-the runtime sees one input shape (memory planning, TensorRT engines). The result is then exactly the
-whole-image result, with memory bounded by the window size instead of the image size.
+``size_multiple``. It is cut into near-equal *cores* of at most ``tile`` pixels (rounded up to the
+multiple); each core is run inside a *window* that adds ``receptive_radius`` pixels of context on every
+side (less at the image border, where the whole-image run sees the same border). Window origins and sizes
+are multiples of ``size_multiple`` so strided layers see the same sampling grid as in the whole-image run,
+and every window has the same size so the runtime sees one input shape (memory planning, TensorRT
+engines). The result is then exactly the whole-image result, with memory bounded by the window size
+instead of the image size.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
         column = denoiser.info.name  # columns named as the models are, or as their files where names clash
         if column in denoisers or column in ("noisy", "oidn"):
             column = Path(name).stem
-        if column in denoisers:
+        if column in denoisers or column in ("noisy", "oidn"):
             raise SystemExit(f"error: two models named {column!r}: rename one of the .onnx files")
         denoisers[column] = denoiser
     rows, crops, reference_checks = [], [], {}
