@@ -41,9 +41,10 @@ def axis_spans(length: int, tile: int, radius: int, multiple: int) -> list[Span]
     margin = round_up(radius, multiple)
     if largest + 2 * margin >= padded:  # one window holds the whole axis: a single run, no repeated work
         return [Span(0, length, 0, padded)]
-    # equal cores of at most ``tile``: 1088 rows in tiles of 512 run as 3 x 368, not 512 + 512 + a 64-row
-    # sliver that costs a whole window
-    core = round_up(-(-padded // -(-padded // largest)), multiple)
+    # near-equal cores of at most ``tile``: 1088 rows in tiles of 512 run as 368 + 368 + 352, not as
+    # 512 + 512 + a 64-row sliver that costs a whole window
+    count = -(-padded // largest)
+    core = round_up(-(-padded // count), multiple)
     window = core + 2 * margin
     spans = []
     for start in range(0, padded, core):
