@@ -93,6 +93,7 @@ def _run(args, dc) -> int:
           f"(denoiser_core from {Path(dc.__file__).parent})")
     if args.samples is not None:
         scene.cycles.samples = args.samples
+    tile = dc.inference.DEFAULT_TILE if args.tile is None else args.tile
     for frame, target in targets.items():
         started = time.perf_counter()
         scene.frame_set(frame)
@@ -101,7 +102,7 @@ def _run(args, dc) -> int:
         try:
             render_noisy(scene, noisy)
             rendered = time.perf_counter()
-            dc.denoise_file(noisy, target, model=denoiser, tile=args.tile, overwrite=True)
+            dc.denoise_file(noisy, target, model=denoiser, tile=tile, overwrite=True)
             if args.png:
                 write_png(scene, target, target.with_suffix(".png"))
         finally:

@@ -124,9 +124,10 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
     for name in model_names:
         denoiser = load_model(name, device)
         column = denoiser.info.name  # columns named as the models are, or as their files where names clash
-        if column in denoisers or column in ("noisy", "oidn"):
+        taken = {"noisy", "oidn", *denoisers}
+        if column in taken:
             column = Path(name).stem
-        if column in denoisers or column in ("noisy", "oidn"):
+        if column in taken:
             raise SystemExit(f"error: two models named {column!r}: rename one of the .onnx files")
         denoisers[column] = denoiser
     rows, crops, reference_checks = [], [], {}
