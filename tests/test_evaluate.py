@@ -64,3 +64,26 @@ def test_models_with_the_same_name_get_columns_named_after_their_files(cycles_ex
     with open(tmp_path / "eval" / "results.csv") as f:
         methods = {row["method"] for row in csv.DictReader(f)}
     assert methods == {"noisy", "fast", "fast_v1"}
+
+
+def test_error_budget_swaps_one_term_for_the_reference(cycles_exr, cycles_reference_exr, tmp_path, capsys):
+    from training import error_budget
+
+    view = tmp_path / "data" / "view-a"
+    view.mkdir(parents=True)
+    shutil.copy(cycles_reference_exr, view / "reference.exr")
+    shutil.copy(cycles_exr, view / "spp16.exr")
+    model = save_model(tmp_path / "models", "guided", name="test-guided")
+
+    assert error_budget.main(["--data", str(tmp_path / "data"), "--model", str(model), "--spp", "16"]) == 0
+    header, _rule, row, _mean = capsys.readouterr().out.strip().splitlines()[-4:]
+    values = dict(zip(header.strip("| ").split(" | ")[2:], map(float, row.strip("| ").split(" | ")[2:]),
+                      strict=True))
+    # the model's column is exactly what evaluate.py scores for the same model and view
+    rows, _crops, _checks = evaluate.evaluate(tmp_path / "data", [str(model)], [16], False, 16, "cpu")
+    scored = {r["method"]: r["psnr"] for r in rows}
+    assert values["noisy"] == pytest.approx(scored["noisy"], abs=0.01)
+    assert values["model"] == pytest.approx(scored["test-guided"], abs=0.01)
+    # the stand-in filter is no denoiser (it scores below the input); the reference's version of either
+    # term it filters is better, and its specular (here highlights it blurs away) much better
+    assert values["model"] < values["ref diffuse"] and values["model"] + 3 < values["ref specular"]
