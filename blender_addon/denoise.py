@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="//denoised/", help="output folder (// = next to the .blend)")
     parser.add_argument("--model", help="model name or .onnx path (default: the default model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, directml, coreml, tensorrt")
-    parser.add_argument("--tile", type=int, help="largest tile edge in pixels (default: the core's, 1024)")
+    parser.add_argument("--tile", type=int, help="largest tile edge in pixels (default: chosen per image)")
     parser.add_argument("--png", action="store_true", help="also write a PNG (scene colour management)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--keep-noisy", action="store_true", help="keep the noisy EXR renders (_noisy.exr)")

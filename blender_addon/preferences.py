@@ -56,9 +56,10 @@ class KPRCAN_AddonPreferences(bpy.types.AddonPreferences):
                                description="An .onnx model following the kprcan contract")
     device: EnumProperty(name="Device", items=_devices,
                          description="Where the network runs (onnxruntime execution provider)")
-    tile_size: IntProperty(name="Tile Size", default=1024, min=64, max=8192,  # denoiser_core DEFAULT_TILE
-                           description="Largest tile edge (each tile also reads the model's context "
-                                       "around it); smaller uses less memory")
+    tile_size: IntProperty(name="Tile Size", default=0, min=0, max=8192,  # 0: denoiser_core's AUTO_TILE
+                           description="Largest tile edge in pixels (each tile also reads the model's "
+                                       "context around it); smaller uses less memory. 0: chosen per "
+                                       "image (a 1080p frame in one tile)")
     output_dir: StringProperty(
         name="Output Folder", subtype="DIR_PATH", default="",
         description="Where denoised EXRs are written; empty: the folder of the scene's render output")

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="auto", choices=DEVICE_NAMES,
                        help="where to run; an unavailable device falls back to the CPU (default: auto)")
     model.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE,
-                       help=f"tile size in pixels; smaller uses less memory (default: {DEFAULT_TILE})")
+                       help="largest tile edge in pixels; smaller uses less memory (default: chosen per "
+                            "image, a 1080p frame in one tile)")
 
     parser = _Parser(prog="kprcan", parents=[verbosity],
                      description="Kernel-predicting neural denoiser for Blender Cycles multilayer EXRs.")

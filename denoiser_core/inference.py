@@ -23,12 +23,14 @@ from .passes import (
     recombine,
     sanitize,
 )
-from .tiling import run_tiled
+from .tiling import AUTO_TILE, run_tiled
 
 log = logging.getLogger("kprcan")
 
 VARIANCE_INPUTS = ("diffuse_variance", "specular_variance")
-DEFAULT_TILE = 1024  # cores of at most 1024 px: the overlap costs ~1.3-2x, not ~3x as at 512 (MODEL_CARD)
+# Tiles chosen per image (tiling.choose_tile): a 1080p frame runs as one window, larger frames in the
+# fewest pixels that keep each window within tiling.MAX_WINDOW_PIXELS. A number is the largest tile edge.
+DEFAULT_TILE = AUTO_TILE
 
 
 @dataclass
@@ -108,7 +110,7 @@ class Denoiser:
             if name in used:
                 inputs[name] = sanitize(used[name])[..., :1]
         feeds = {name: inputs[name] for name in self.info.inputs}
-        tile = max(int(tile), 1)
+        tile = int(tile)
         outputs = run_tiled(self._run, feeds, KNOWN_OUTPUTS, tile, self.info.receptive_radius,
                             self.info.size_multiple, progress, cancel)
         diffuse, specular = outputs["diffuse_denoised"], outputs["specular_denoised"]

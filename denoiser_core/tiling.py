@@ -53,6 +53,29 @@ def axis_spans(length: int, tile: int, radius: int, multiple: int) -> list[Span]
     return spans
 
 
+AUTO_TILE = 0  # a tile of 0 (or less) asks choose_tile for one
+# Largest window choose_tile allows, in pixels. A 1080p frame padded for the shipped models (1088 x 1920)
+# fits in one window: no overlap is computed twice. onnxruntime holds ~0.7 KB per window pixel for `fast`
+# (~1.4 GiB here), which keeps a 4K frame, whose image and passes take ~2 GiB themselves, under 4 GiB.
+MAX_WINDOW_PIXELS = 2_100_000
+
+
+def choose_tile(height: int, width: int, radius: int, multiple: int,
+                max_window_pixels: int = MAX_WINDOW_PIXELS) -> int:
+    """The largest core edge that computes the fewest pixels (cores plus their overlaps) while every window
+    stays within ``max_window_pixels``; if no window is that small, the tile with the smallest window."""
+    best_key, best_tile = None, multiple
+    for tile in range(multiple, round_up(max(height, width), multiple) + 1, multiple):
+        rows = axis_spans(height, tile, radius, multiple)
+        cols = axis_spans(width, tile, radius, multiple)
+        window = (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
+        computed = len(rows) * len(cols) * window
+        key = (window > max_window_pixels, window if window > max_window_pixels else computed, -tile)
+        if best_key is None or key < best_key:
+            best_key, best_tile = key, tile
+    return best_tile
+
+
 def reflect_indices(start: int, end: int, length: int) -> np.ndarray:
     """Source indices for padded positions [start, end): identity inside, mirror (no edge repeat) beyond."""
     index = np.arange(start, end)
@@ -87,9 +110,12 @@ def run_tiled(
 ) -> dict[str, np.ndarray]:
     """Run ``run`` (NCHW feeds -> NCHW outputs) over tiles of ``inputs`` ((H, W, C) arrays of one size).
 
-    Returns (H, W, C) float32 outputs, finite everywhere (NaN/Inf a network produces become 0).
+    Returns (H, W, C) float32 outputs, finite everywhere (NaN/Inf a network produces become 0). A ``tile``
+    of AUTO_TILE (0) or less is chosen by ``choose_tile``.
     """
     height, width = next(iter(inputs.values())).shape[:2]
+    if tile <= AUTO_TILE:
+        tile = choose_tile(height, width, radius, multiple)
     rows = axis_spans(height, tile, radius, multiple)
     cols = axis_spans(width, tile, radius, multiple)
     outputs = {name: np.empty((height, width, c), np.float32) for name, c in output_channels.items()}

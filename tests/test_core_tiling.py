@@ -10,7 +10,7 @@ from onnx_models import save_model
 
 from denoiser_core import DenoiserError, load_model
 from denoiser_core.passes import decompose
-from denoiser_core.tiling import axis_spans, reflect_indices
+from denoiser_core.tiling import MAX_WINDOW_PIXELS, axis_spans, choose_tile, reflect_indices
 
 WHOLE = 1 << 20  # a tile larger than any test image: one window, the reference run
 
@@ -102,3 +102,29 @@ def test_cores_are_balanced_so_no_sliver_costs_a_whole_window():
     spans = axis_spans(1080, 512, 140, 16)  # 1080p rows, the fast model's context and size multiple
     assert [s.core_end - s.core_start for s in spans] == [368, 368, 344]  # not 512, 512, 56
     assert all(s.window_end - s.window_start == 368 + 2 * 144 for s in spans)
+
+
+def _cost(height, width, tile, radius=140, multiple=16):
+    """(windows, pixels per window, pixels computed) for the shipped model's context and size multiple."""
+    rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
+    window = (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
+    return len(rows) * len(cols), window, len(rows) * len(cols) * window
+
+
+def test_automatic_tile_runs_1080p_as_one_window_and_larger_frames_in_fewer_pixels():
+    assert _cost(1080, 1920, choose_tile(1080, 1920, 140, 16))[0] == 1
+    assert _cost(96, 128, choose_tile(96, 128, 140, 16))[0] == 1
+    for height, width in [(2160, 3840), (1440, 2560), (4320, 7680), (3000, 500)]:
+        windows, window, computed = _cost(height, width, choose_tile(height, width, 140, 16))
+        assert window <= MAX_WINDOW_PIXELS
+        # no fixed tile edge computes fewer pixels within the same window budget
+        fixed = [_cost(height, width, t) for t in range(16, 8192, 16)]
+        assert computed == min(c for _, w, c in fixed if w <= MAX_WINDOW_PIXELS), (height, width)
+    # when no window fits the budget, the smallest window
+    assert choose_tile(2000, 2000, 140, 16, max_window_pixels=1000) == 16
+
+
+def test_automatic_tile_equals_untiled(tmp_path, passes):
+    denoiser = load_model(str(save_model(tmp_path, "pooled")), device="cpu")
+    whole = denoiser.denoise(passes, tile=WHOLE).beauty
+    np.testing.assert_allclose(denoiser.denoise(passes).beauty, whole, rtol=1e-5, atol=1e-5)
