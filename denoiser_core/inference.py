@@ -103,7 +103,7 @@ class Denoiser:
         nonfinite = sum(int(a.size - np.count_nonzero(np.isfinite(a))) for a in used.values())
         if nonfinite:
             log.warning("%d NaN/Inf input values replaced by 0", nonfinite)
-        parts = decompose(used)
+        parts = decompose(used, self.info.denoise_residual)
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
                   "normal": parts.normal, "depth": parts.depth}
         for name in VARIANCE_INPUTS:

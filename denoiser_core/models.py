@@ -39,6 +39,7 @@ class ModelInfo:
     parameters: int | None
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    denoise_residual: bool = False  # specular buffer = all but diffuse light (passes.decompose)
     metadata: dict[str, str] = field(default_factory=dict, compare=False)  # raw metadata_props
 
     def summary(self) -> str:
@@ -85,6 +86,9 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
     if radius < 0 or multiple < 1:
         raise bad("receptive_radius must be >= 0 and size_multiple >= 1")
     parameters = metadata.get(PREFIX + "parameters", "")
+    denoise_residual = metadata.get(PREFIX + "denoise_residual", "false").strip().lower()
+    if denoise_residual not in ("true", "false"):
+        raise bad(f"denoise_residual must be true or false, got {denoise_residual!r}")
     return ModelInfo(
         name=meta["name"], architecture=meta["architecture"], path=path,
         required_passes=tuple(required),
@@ -92,7 +96,8 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         receptive_radius=radius, size_multiple=multiple,
         training_data=metadata.get(PREFIX + "training_data", ""),
         parameters=int(parameters) if parameters.strip().isdigit() else None,
-        inputs=tuple(inputs), outputs=tuple(outputs), metadata=dict(metadata),
+        inputs=tuple(inputs), outputs=tuple(outputs), denoise_residual=denoise_residual == "true",
+        metadata=dict(metadata),
     )
 
 

@@ -55,7 +55,8 @@ PASS_TABLE: dict[str, tuple[str, str, int, str]] = {
 
 # Passes the decomposition needs. The volume passes are optional: present, they are denoised as part of
 # the specular buffer; absent, volume light stays in the residual (passed through, not denoised).
-# Emission, environment and anything else always stay in the residual.
+# Emission, environment and anything else stay in the residual, unless a model denoises it too
+# (decompose's ``denoise_residual``).
 DECOMPOSITION_PASSES = (
     "combined",
     "diffuse_direct", "diffuse_indirect", "diffuse_color",
@@ -133,10 +134,13 @@ def sanitize(image: np.ndarray) -> np.ndarray:
     return np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def decompose(passes: dict[str, np.ndarray]) -> Decomposition:
+def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> Decomposition:
     """Split canonical passes (H, W, C float arrays) into the denoiser's components.
 
     ``passes`` must hold DECOMPOSITION_PASSES and FEATURE_PASSES; OPTIONAL_PASSES are used when present.
+    With ``denoise_residual`` the specular buffer is everything that is not diffuse light (the residual --
+    emission, environment, what no pass covers -- joins it and is denoised with it) and the residual is
+    zero: for models trained that way (metadata ``kprcan.denoise_residual``).
     """
     def get(name: str) -> np.ndarray:
         return sanitize(passes[name])
@@ -152,6 +156,8 @@ def decompose(passes: dict[str, np.ndarray]) -> Decomposition:
         if name in passes:
             specular = specular + get(name)
     residual = rgb - (diffuse_color * diffuse + specular)
+    if denoise_residual:
+        specular, residual = specular + residual, np.zeros_like(residual)
     return Decomposition(
         diffuse=diffuse.astype(np.float32),
         diffuse_color=diffuse_color.astype(np.float32),

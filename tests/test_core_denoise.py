@@ -31,6 +31,32 @@ def test_recombine_of_decompose_gives_back_combined():
     assert np.abs(parts.residual).max() > 0.5  # emission and environment ride along in the residual
 
 
+def test_denoise_residual_moves_emission_and_environment_into_specular():
+    passes = synthetic_passes(24, 32, seed=5)
+    light_passes, everything = decompose(passes), decompose(passes, denoise_residual=True)
+    assert not everything.residual.any()
+    np.testing.assert_allclose(everything.specular, light_passes.specular + light_passes.residual, atol=1e-6)
+    np.testing.assert_allclose(recombine(everything, everything.diffuse, everything.specular),
+                               passes["combined"], rtol=1e-5, atol=1e-5)
+
+
+def test_model_trained_with_the_residual_is_fed_it(tmp_path):
+    """A model whose metadata says denoise_residual sees emission and environment in its specular input,
+    and what it returns for them is what the image gets: nothing is added back noisy."""
+    passes = synthetic_passes(24, 32, seed=9)
+    plain = load_model(str(save_model(tmp_path, "guided", name="plain")), device="cpu")
+    flagged = load_model(str(save_model(tmp_path, "guided", name="flagged", denoise_residual="true")),
+                         device="cpu")
+    assert flagged.info.denoise_residual and not plain.info.denoise_residual
+    a, b = plain.denoise(passes), flagged.denoise(passes)
+    residual = decompose(passes).residual
+    np.testing.assert_allclose(a.beauty[..., :3] - a.outputs["specular_denoised"] - a.diffuse, residual,
+                               rtol=1e-4, atol=1e-4)  # passed through noisy
+    np.testing.assert_allclose(b.beauty[..., :3], b.diffuse + b.outputs["specular_denoised"],
+                               rtol=1e-4, atol=1e-4)  # nothing outside the network's outputs
+    assert np.abs(b.outputs["specular_denoised"] - a.outputs["specular_denoised"]).max() > 0.1
+
+
 def test_identity_model_returns_the_noisy_render(models):
     passes = synthetic_passes(24, 32, seed=6)
     result = models["identity"].denoise(passes, tile=8)

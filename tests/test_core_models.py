@@ -66,6 +66,7 @@ def test_unusable_model_files_are_skipped_in_listings(user_models, caplog):
     ({"inputs": "diffuse"}, "inputs must be a JSON list"),
     ({"inputs": '["diffuse", "specular"]'}, "graph inputs"),
     ({"needs_variance": "maybe"}, "needs_variance must be true or false"),
+    ({"denoise_residual": "yes"}, "denoise_residual must be true or false"),
 ])
 def test_bad_metadata_is_rejected_with_the_reason(tmp_path, overrides, message):
     path = save_model(tmp_path, "guided", name="bad", **overrides)

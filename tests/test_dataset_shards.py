@@ -132,3 +132,34 @@ def test_non_finite_patches_are_dropped_and_counted(packed, tmp_path):
     np.save(shard_path, shard)
     dataset = ShardDataset(work / "packed", patch_size=None, augment=False)
     assert torch.isfinite(dataset[0]["diffuse"]).all() and dataset.dropped_nonfinite == 1
+
+
+def test_denoise_residual_packs_emission_into_specular_and_is_checked_against_the_config(packed, tmp_path):
+    from training.config import config_from_dict
+    from training.datasets import build_datasets
+
+    root, _stats = packed
+    record = plan.read_manifest(root)[0]
+    work = tmp_path / "residual"
+    shutil.copytree(root / record["dir"], work / record["dir"])
+    (work / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0, denoise_residual=True)
+    folder = work / "packed" / "train-full-r"
+    assert json.loads((folder / "index.json").read_text())["denoise_residual"] is True
+    dataset = ShardDataset(folder, patch_size=None, augment=False)
+    meta = dataset.meta(0)
+    view = work / record["dir"]
+    a = read_passes(str(view / f"spp{meta['spp']}_a.exr"))
+    b = read_passes(str(view / f"spp{meta['spp']}_b.exr"))
+    mean = {k: (a[k] + b[k]) / 2 for k in a}
+    parts = decompose(mean)
+    expected = (mean["combined"][..., :3] - parts.diffuse_color * parts.diffuse).transpose(2, 0, 1)
+    np.testing.assert_allclose(dataset[0]["specular"].numpy(), expected * meta["scale"], rtol=2e-3,
+                               atol=1e-3 * meta["scale"])
+    assert dataset.denoise_residual and not ShardDataset(root / "packed").denoise_residual
+
+    config = config_from_dict({"data": {"kind": "shards", "train": [str(folder)], "patch_size": 32}})
+    with pytest.raises(ValueError, match="packed with --denoise-residual.*data.denoise_residual is false"):
+        build_datasets(config)
+    config.data.denoise_residual = True
+    assert build_datasets(config)[0].denoise_residual

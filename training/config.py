@@ -42,6 +42,7 @@ class DataConfig:
     val_patch_size: int | None = None   # None: shards' stored size (synthetic: patch_size)
     options: dict = field(default_factory=dict)      # extra keyword arguments for the dataset class
     summary: str = ""               # one line for the model's training_data metadata
+    denoise_residual: bool = False  # shards packed with --denoise-residual (specular = all but diffuse)
 
 
 @dataclass

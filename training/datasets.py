@@ -32,6 +32,12 @@ def build_datasets(config: Config) -> tuple[torch.utils.data.Dataset, torch.util
     if d.val:
         val_options = {**options, **({"augment": False} if "augment" in accepted else {})}
         val = ShardDataset(d.val, patch_size=d.val_patch_size, seed=config.train.seed, **val_options)
+    for name, dataset in (("train", train), ("val", val)):
+        packed = getattr(dataset, "denoise_residual", d.denoise_residual)
+        if dataset is not None and packed != d.denoise_residual:
+            how = "with" if packed else "without"
+            raise ValueError(f"data.{name} shards were packed {how} --denoise-residual, but "
+                             f"data.denoise_residual is {str(d.denoise_residual).lower()}")
     return train, val
 
 

@@ -50,6 +50,7 @@ def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[s
         "needs_variance": str(graph.use_variance).lower(), "receptive_radius": str(graph.receptive_radius),
         "size_multiple": str(graph.size_multiple), "training_data": training_data_summary(config),
         "parameters": str(parameter_count(graph)), "config": json.dumps(config.to_dict(), sort_keys=True),
+        "denoise_residual": str(config.data.denoise_residual).lower(),
     }
     return {f"kprcan.{key}": value for key, value in meta.items()}
 

@@ -85,12 +85,17 @@ class ShardDataset(torch.utils.data.Dataset):
                  spp: list[int] | tuple[int, ...] | None = None, seed: int = 0):
         self.entries: list[tuple[Path, int, dict]] = []
         self.channels: list[tuple[str, int]] | None = None
+        self.denoise_residual: bool | None = None  # how the specular buffer was packed (pack.py)
         for index_file in _index_files(paths):
             index = json.loads(index_file.read_text())
             channels = [tuple(c) for c in index["channels"]]
             if self.channels not in (None, channels):
                 raise ValueError(f"{index_file}: channel layout differs from the other shards")
-            self.channels = channels
+            residual = bool(index.get("denoise_residual", False))
+            if self.denoise_residual not in (None, residual):
+                raise ValueError(f"{index_file}: packed {'with' if residual else 'without'} "
+                                 "--denoise-residual, unlike the other shards")
+            self.channels, self.denoise_residual = channels, residual
             for shard in index["shards"]:
                 for row, meta in enumerate(shard["items"]):
                     if spp is None or meta["spp"] in spp:

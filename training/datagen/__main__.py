@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="store whole images instead of patches (val)")
     p.add_argument("--max-firefly-fraction", type=float, default=0.002)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--denoise-residual", action="store_true",
+                   help="specular = everything but diffuse light (emission, environment too); "
+                        "writes <folder>-r, for configs with data.denoise_residual: true")
     s = sub.add_parser("summary", help="manifest statistics and a contact sheet of references")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--docs", type=Path, default=Path("docs"))
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         from training.datagen import pack
 
         stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
-                                max_firefly_fraction=args.max_firefly_fraction, seed=args.seed)
+                                max_firefly_fraction=args.max_firefly_fraction, seed=args.seed,
+                                denoise_residual=args.denoise_residual)
         print(stats)
         return 0
     if args.command == "summary":

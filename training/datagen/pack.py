@@ -17,6 +17,7 @@ and listed in the index: light paths the inputs hardly sample cannot be learned 
 
 Layout: ``OUT/packed/{split}-p{patch}/shard-00000.npy`` (N, C, P, P) float16 plus ``index.json``; with
 ``--full``, ``OUT/packed/{split}-full/`` holds whole views instead (validation, or random crops in training).
+``--denoise-residual`` packs the specular channels as everything but diffuse light into ``<folder>-r``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ FP16_MAX = 65504.0
 SHARD_PATCHES = 256
 
 
-def view_tensors(view_dir: Path, spp: int, ref, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def view_tensors(view_dir: Path, spp: int, ref, scale: float,
+                 denoise_residual: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) float32 stack for one noisy level of a view, and its (H, W) non-finite-input mask."""
     a, b = read_passes(str(view_dir / f"spp{spp}_a.exr")), read_passes(str(view_dir / f"spp{spp}_b.exr"))
     bad = np.zeros(a["combined"].shape[:2], bool)
@@ -49,7 +51,7 @@ def view_tensors(view_dir: Path, spp: int, ref, scale: float) -> tuple[np.ndarra
         for array in passes.values():
             bad |= ~np.isfinite(array).all(-1)
     mean = {name: (a[name] + b[name]) * 0.5 for name in a if name in b}
-    da, db, dm = decompose(a), decompose(b), decompose(mean)
+    da, db, dm = (decompose(p, denoise_residual) for p in (a, b, mean))
     parts = {
         "diffuse": dm.diffuse, "specular": dm.specular, "albedo": dm.albedo, "normal": dm.normal,
         "depth": dm.depth, "diffuse_color": dm.diffuse_color,
@@ -104,13 +106,13 @@ def exposure_scale(ref_rgb: np.ndarray, rng: np.random.Generator) -> float:
     return float(0.18 * 2.0 ** rng.uniform(-1.5, 1.5) / max(mean_lum, 1e-4))
 
 
-def load_index(folder: Path, patch: int | None) -> dict:
+def load_index(folder: Path, patch: int | None, denoise_residual: bool = False) -> dict:
     path = folder / "index.json"
     if path.exists():
         return json.loads(path.read_text())
     return {"version": 1, "channels": [list(c) for c in CHANNELS], "patch": patch, "shards": [],
             "packed_views": [], "dropped": {"nonfinite": 0, "fp16_overflow": 0, "fireflies": 0},
-            "discarded_views": []}
+            "discarded_views": [], "denoise_residual": denoise_residual}
 
 
 def save_atomic(path: Path, write) -> None:
@@ -121,11 +123,16 @@ def save_atomic(path: Path, write) -> None:
 
 
 def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
-               max_firefly_fraction: float = 0.002, seed: int = 0) -> dict:
-    """Pack every finished view of ``split`` not packed yet; returns counts of this run."""
-    folder = out_root / "packed" / (f"{split}-full" if full else f"{split}-p{patch}")
+               max_firefly_fraction: float = 0.002, seed: int = 0, denoise_residual: bool = False) -> dict:
+    """Pack every finished view of ``split`` not packed yet; returns counts of this run.
+
+    ``denoise_residual``: the specular channels hold everything but diffuse light (``decompose``), for
+    models that denoise emission and environment too; written to ``<folder>-r``.
+    """
+    name = f"{split}-full" if full else f"{split}-p{patch}"
+    folder = out_root / "packed" / (name + ("-r" if denoise_residual else ""))
     folder.mkdir(parents=True, exist_ok=True)
-    index = load_index(folder, None if full else patch)
+    index = load_index(folder, None if full else patch, denoise_residual)
     done = set(index["packed_views"]) | set(index["discarded_views"])
     views = [r for r in plan.read_manifest(out_root) if r["split"] == split and r["id"] not in done]
     pending: list[np.ndarray] = []
@@ -151,10 +158,10 @@ def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
         if fireflies.mean() > max_firefly_fraction:
             index["discarded_views"].append(record["id"])
             continue
-        ref = decompose(ref_passes)
+        ref = decompose(ref_passes, denoise_residual)
         scale = exposure_scale(ref_passes["combined"][..., :3], rng)
         for spp in record["spp"]:
-            stack, bad = view_tensors(view_dir, spp, ref, scale)
+            stack, bad = view_tensors(view_dir, spp, ref, scale, denoise_residual)
             meta = {"view": record["id"], "kind": record["kind"], "spp": spp, "ref_spp": record["ref_spp"],
                     "scale": round(scale, 6)}
             if full:
