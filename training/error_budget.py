@@ -7,7 +7,9 @@ the network denoises diffuse light and specular radiance; the residual (emission
 the light passes do not cover) and the diffuse colour are carried through from the noisy input. For each
 view this prints the model's PSNR, and the PSNR it would reach if one of those four terms were the
 reference's: a large rise means that term holds most of the error. A residual gain is error no network
-output can remove: the noisy residual passes straight through.
+output can remove: the noisy residual passes straight through. For a model trained with
+``denoise_residual`` the residual is part of its specular term (the 'ref residual' column then equals
+'model').
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
         raise SystemExit(f"error: {view} has no {spp} spp input (has {sorted(inputs)})")
     noisy = mean_passes(inputs[spp])
     result = denoiser.denoise(noisy)
-    parts, truth = decompose(noisy), decompose(reference)
+    # split as the model was trained: with denoise_residual the residual is inside its specular term
+    flag = denoiser.info.denoise_residual
+    parts, truth = decompose(noisy, flag), decompose(reference, flag)
     model_terms = {"diffuse": result.outputs["diffuse_denoised"],
                    "specular": result.outputs["specular_denoised"],
                    "residual": parts.residual, "diffuse_color": parts.diffuse_color}
