@@ -8,7 +8,7 @@ import bpy
 
 from . import compat, render_io, runner
 from .jobs import JobState
-from .preferences import model_choice, preferences
+from .preferences import model_choice, preferences, tile_choice
 
 
 def denoise_last_render(scene, on_done=None, inline: bool | None = None) -> JobState:
@@ -22,7 +22,7 @@ def denoise_last_render(scene, on_done=None, inline: bool | None = None) -> JobS
     output = render_io.last_render_output(scene, prefs)
     saved = render_io.save_render_result(scene)
     # "Composite" is the compositor's output of the noisy render: not worth keeping next to the result
-    request = runner.Request(saved, output, model, prefs.device or "auto", prefs.tile_size, True,
+    request = runner.Request(saved, output, model, prefs.device or "auto", tile_choice(prefs), True,
                              drop_layers=("Composite",))
     job = runner.new_job("Denoising render")
     job.add(request)

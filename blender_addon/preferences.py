@@ -59,7 +59,7 @@ class KPRCAN_AddonPreferences(bpy.types.AddonPreferences):
     tile_size: IntProperty(name="Tile Size", default=0, min=0, max=8192,  # 0: denoiser_core's AUTO_TILE
                            description="Largest tile edge in pixels (each tile also reads the model's "
                                        "context around it); smaller uses less memory. 0: chosen per "
-                                       "image (a 1080p frame in one tile)")
+                                       "image (a 1080p frame in one tile); at least 64 otherwise")
     output_dir: StringProperty(
         name="Output Folder", subtype="DIR_PATH", default="",
         description="Where denoised EXRs are written; empty: the folder of the scene's render output")
@@ -84,6 +84,14 @@ def preferences(context=None) -> KPRCAN_AddonPreferences:
 
 class SettingsError(Exception):
     """A setting the user must fix before anything can run (reported as one line)."""
+
+
+MIN_TILE = 64  # smaller cores would repeat the model's context thousands of times per frame
+
+
+def tile_choice(prefs) -> int:
+    """The preference as the core takes it: 0 (automatic), else at least MIN_TILE."""
+    return 0 if prefs.tile_size <= 0 else max(prefs.tile_size, MIN_TILE)
 
 
 def model_choice(prefs) -> str | None:

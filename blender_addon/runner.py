@@ -18,7 +18,7 @@ import bpy
 
 from .core import core
 from .jobs import Job, JobState
-from .preferences import SettingsError, model_choice, preferences
+from .preferences import SettingsError, model_choice, preferences, tile_choice
 
 POLL_SECONDS = 0.25
 
@@ -37,7 +37,7 @@ class Request:
 def request_for(input_path: Path, output_path: Path, delete_input: bool, context=None) -> Request:
     prefs = preferences(context)
     return Request(Path(input_path), Path(output_path), model_choice(prefs), prefs.device or "auto",
-                   prefs.tile_size, delete_input)
+                   tile_choice(prefs), delete_input)
 
 
 # --- the work (worker thread: no bpy) ------------------------------------------------------------

@@ -67,9 +67,9 @@ def session_options(providers: list[str]) -> ort.SessionOptions:
     # (and from Blender's UI when the add-on runs us).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # onnxruntime's CPU arena keeps its high-water mark for the session's life and grows in powers of
-    # two: measured on `fast` at tile 1024 it peaked at 4.4 GiB on a 4K frame (3.4 GiB without it) and
+    # two: measured on `fast` at tile 1024 it peaked at 4.4 GiB on a 4K frame (3.3 GiB without it) and
     # left 2.1 GiB resident after a 1080p frame (0.4 GiB without) -- memory a Blender session holding
-    # the model would never get back. Plain malloc costs ~6% time (MODEL_CARD speed table).
+    # the model would never get back. Plain malloc costs 6-11% time (MODEL_CARD speed section).
     options.enable_cpu_mem_arena = False
     if "DmlExecutionProvider" in providers:  # DirectML requires these
         options.enable_mem_pattern = False

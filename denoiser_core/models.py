@@ -15,7 +15,9 @@ from .passes import PASS_TABLE
 
 log = logging.getLogger("kprcan")
 
-FORMAT_VERSION = 1
+# Version 2 = version 1 plus ``denoise_residual: true`` (a different specular input): a kprcan that only
+# reads version 1 refuses such a model instead of feeding it the wrong buffer. Version 1 models still load.
+FORMAT_VERSION = 2
 PREFIX = "kprcan."
 REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", "required_passes",
                  "needs_variance", "receptive_radius", "size_multiple")
@@ -44,8 +46,9 @@ class ModelInfo:
 
     def summary(self) -> str:
         params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
+        residual = ", denoises emission/environment" if self.denoise_residual else ""
         return (f"{self.name} ({self.architecture}, {params}, context {self.receptive_radius} px, "
-                f"size multiple {self.size_multiple})")
+                f"size multiple {self.size_multiple}{residual})")
 
 
 def model_dirs() -> list[Path]:
@@ -67,9 +70,9 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         raise bad(f"metadata lacks {', '.join(missing)}")
     meta = {key: metadata[PREFIX + key] for key in REQUIRED_KEYS}
     version = _integer(meta["format_version"], "format_version", bad)
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         newer = " (update kprcan)" if version > FORMAT_VERSION else ""
-        raise bad(f"format version {version}, this kprcan reads version {FORMAT_VERSION}{newer}")
+        raise bad(f"format version {version}, this kprcan reads versions 1 to {FORMAT_VERSION}{newer}")
     inputs = _string_list(meta["inputs"], "inputs", bad)
     outputs = _string_list(meta["outputs"], "outputs", bad)
     required = _string_list(meta["required_passes"], "required_passes", bad)
@@ -89,6 +92,8 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
     denoise_residual = metadata.get(PREFIX + "denoise_residual", "false").strip().lower()
     if denoise_residual not in ("true", "false"):
         raise bad(f"denoise_residual must be true or false, got {denoise_residual!r}")
+    if denoise_residual == "true" and version < 2:
+        raise bad("denoise_residual needs format_version 2")
     return ModelInfo(
         name=meta["name"], architecture=meta["architecture"], path=path,
         required_passes=tuple(required),

@@ -54,26 +54,38 @@ def axis_spans(length: int, tile: int, radius: int, multiple: int) -> list[Span]
 
 
 AUTO_TILE = 0  # a tile of 0 (or less) asks choose_tile for one
-# Largest window choose_tile allows, in pixels. A 1080p frame padded for the shipped models (1088 x 1920)
-# fits in one window: no overlap is computed twice. onnxruntime holds ~0.7 KB per window pixel for `fast`
-# (~1.4 GiB here), which keeps a 4K frame, whose image and passes take ~2 GiB themselves, under 4 GiB.
+# Largest window (core plus context) choose_tile aims for, in pixels. A 1080p frame padded for the shipped
+# models (1088 x 1920) fits in one window: no overlap is computed twice. onnxruntime holds ~0.7 KB per
+# window pixel for `fast` (~1.4 GiB here), which keeps a 4K frame, whose image and passes take ~2 GiB
+# themselves, under 4 GiB.
 MAX_WINDOW_PIXELS = 2_100_000
+# ...unless the overlaps would then multiply the work: a model with a context of several hundred pixels
+# would need thousands of tiny cores to stay within the budget. Work is capped at this many times the
+# padded image's pixels, and memory gives way.
+MAX_WORK_FACTOR = 3.0
 
 
 def choose_tile(height: int, width: int, radius: int, multiple: int,
-                max_window_pixels: int = MAX_WINDOW_PIXELS) -> int:
-    """The largest core edge that computes the fewest pixels (cores plus their overlaps) while every window
-    stays within ``max_window_pixels``; if no window is that small, the tile with the smallest window."""
-    best_key, best_tile = None, multiple
-    for tile in range(multiple, round_up(max(height, width), multiple) + 1, multiple):
+                max_window_pixels: int | None = None) -> int:
+    """A core edge for ``run_tiled``: the fewest pixels computed (cores plus their overlaps) with windows
+    of at most ``max_window_pixels`` (default MAX_WINDOW_PIXELS); where that costs more than
+    MAX_WORK_FACTOR times the image's pixels, the smallest window within that much work. Ties: the
+    larger tile."""
+    budget = MAX_WINDOW_PIXELS if max_window_pixels is None else max_window_pixels
+    work_cap = MAX_WORK_FACTOR * round_up(max(height, 1), multiple) * round_up(max(width, 1), multiple)
+    plans = []  # (pixels computed, window pixels, tile)
+    for tile in range(multiple, round_up(max(height, width, 1), multiple) + 1, multiple):
         rows = axis_spans(height, tile, radius, multiple)
         cols = axis_spans(width, tile, radius, multiple)
         window = (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
-        computed = len(rows) * len(cols) * window
-        key = (window > max_window_pixels, window if window > max_window_pixels else computed, -tile)
-        if best_key is None or key < best_key:
-            best_key, best_tile = key, tile
-    return best_tile
+        plans.append((len(rows) * len(cols) * window, window, tile))
+    within = [p for p in plans if p[1] <= budget]
+    if within:
+        computed, _window, tile = min(within, key=lambda p: (p[0], -p[2]))
+        if computed <= work_cap:
+            return tile
+    # the single window (largest tile) always computes exactly the padded image, so this is never empty
+    return min((p for p in plans if p[0] <= work_cap), key=lambda p: (p[1], -p[2]))[2]
 
 
 def reflect_indices(start: int, end: int, length: int) -> np.ndarray:

@@ -32,6 +32,10 @@ try:
     addon = sys.modules[module]
     prefs = preferences()
     seen["device_items"] = [item[0] for item in addon.preferences._devices(None, None)]
+    seen["tile_default"] = prefs.tile_size
+    from types import SimpleNamespace
+    seen["tile_choices"] = [addon.preferences.tile_choice(SimpleNamespace(tile_size=size))
+                            for size in (0, 1, 63, 64, 700)]
     prefs.model, prefs.model_path, prefs.device, prefs.output_dir = "CUSTOM", MODEL, "cpu", str(out) + "/"
     try:
         bpy.ops.kprcan.denoise_last_render()
@@ -134,6 +138,11 @@ def test_installs_and_runs_the_bundled_wheels_and_core(session):
     assert session["onnxruntime_file"].startswith(session["site_packages"])
     assert session["core_file"].startswith(session["extension_dir"])
     assert "cpu" in session["device_items"] and "cuda" in session["device_items"]  # onnxruntime-gpu
+
+
+def test_tile_size_preference_is_automatic_by_default_and_never_tiny(session):
+    assert session["tile_default"] == 0  # the core chooses (a 1080p frame in one tile)
+    assert session["tile_choices"] == [0, 64, 64, 64, 700]
 
 
 def test_configure_passes_enables_what_the_model_needs(session):

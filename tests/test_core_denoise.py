@@ -45,7 +45,8 @@ def test_model_trained_with_the_residual_is_fed_it(tmp_path):
     and what it returns for them is what the image gets: nothing is added back noisy."""
     passes = synthetic_passes(24, 32, seed=9)
     plain = load_model(str(save_model(tmp_path, "guided", name="plain")), device="cpu")
-    flagged = load_model(str(save_model(tmp_path, "guided", name="flagged", denoise_residual="true")),
+    flagged = load_model(str(save_model(tmp_path, "guided", name="flagged", denoise_residual="true",
+                                                format_version="2")),
                          device="cpu")
     assert flagged.info.denoise_residual and not plain.info.denoise_residual
     a, b = plain.denoise(passes), flagged.denoise(passes)

@@ -60,13 +60,15 @@ def test_unusable_model_files_are_skipped_in_listings(user_models, caplog):
 @pytest.mark.parametrize("overrides, message", [
     ({"format_version": None}, "lacks kprcan.format_version"),
     ({"required_passes": None, "size_multiple": None}, "lacks kprcan.required_passes, kprcan.size_multiple"),
-    ({"format_version": "2"}, "format version 2.*update kprcan"),
+    ({"format_version": "3"}, "format version 3.*update kprcan"),
+    ({"format_version": "0"}, "format version 0"),
     ({"receptive_radius": "forty"}, "receptive_radius must be an integer"),
     ({"required_passes": '["combined", "shiny"]'}, "unknown names.*shiny"),
     ({"inputs": "diffuse"}, "inputs must be a JSON list"),
     ({"inputs": '["diffuse", "specular"]'}, "graph inputs"),
     ({"needs_variance": "maybe"}, "needs_variance must be true or false"),
-    ({"denoise_residual": "yes"}, "denoise_residual must be true or false"),
+    ({"denoise_residual": "yes", "format_version": "2"}, "denoise_residual must be true or false"),
+    ({"denoise_residual": "true"}, "denoise_residual needs format_version 2"),
 ])
 def test_bad_metadata_is_rejected_with_the_reason(tmp_path, overrides, message):
     path = save_model(tmp_path, "guided", name="bad", **overrides)

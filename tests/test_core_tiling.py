@@ -8,9 +8,9 @@ import pytest
 from exr_fixtures import synthetic_passes
 from onnx_models import save_model
 
-from denoiser_core import DenoiserError, load_model
+from denoiser_core import DenoiserError, load_model, tiling
 from denoiser_core.passes import decompose
-from denoiser_core.tiling import MAX_WINDOW_PIXELS, axis_spans, choose_tile, reflect_indices
+from denoiser_core.tiling import MAX_WINDOW_PIXELS, MAX_WORK_FACTOR, axis_spans, choose_tile, reflect_indices
 
 WHOLE = 1 << 20  # a tile larger than any test image: one window, the reference run
 
@@ -120,11 +120,23 @@ def test_automatic_tile_runs_1080p_as_one_window_and_larger_frames_in_fewer_pixe
         # no fixed tile edge computes fewer pixels within the same window budget
         fixed = [_cost(height, width, t) for t in range(16, 8192, 16)]
         assert computed == min(c for _, w, c in fixed if w <= MAX_WINDOW_PIXELS), (height, width)
-    # when no window fits the budget, the smallest window
-    assert choose_tile(2000, 2000, 140, 16, max_window_pixels=1000) == 16
 
 
-def test_automatic_tile_equals_untiled(tmp_path, passes):
+@pytest.mark.parametrize("radius, budget", [(140, 1000), (400, MAX_WINDOW_PIXELS), (700, MAX_WINDOW_PIXELS)])
+def test_automatic_tile_never_multiplies_the_work(radius, budget):
+    """Where the window budget cannot be met without tiny cores (a wide context, or a tiny budget), memory
+    gives way: at most MAX_WORK_FACTOR times the image's pixels, in the smallest window that allows."""
+    windows, window, computed = _cost(2160, 3840, choose_tile(2160, 3840, radius, 16, budget), radius)
+    assert computed <= MAX_WORK_FACTOR * 2160 * 3840 and windows > 1
+    assert window == min(w for _, w, c in (_cost(2160, 3840, t, radius) for t in range(16, 3856, 16))
+                         if c <= MAX_WORK_FACTOR * 2160 * 3840)
+
+
+def test_automatic_tile_equals_untiled(tmp_path, passes, monkeypatch):
+    monkeypatch.setattr(tiling, "MAX_WINDOW_PIXELS", 40 * 40)  # several windows on the 53 x 71 test image
     denoiser = load_model(str(save_model(tmp_path, "pooled")), device="cpu")
+    info = denoiser.info
+    assert _cost(53, 71, choose_tile(53, 71, info.receptive_radius, info.size_multiple),
+                 info.receptive_radius, info.size_multiple)[0] > 1
     whole = denoiser.denoise(passes, tile=WHOLE).beauty
     np.testing.assert_allclose(denoiser.denoise(passes).beauty, whole, rtol=1e-5, atol=1e-5)

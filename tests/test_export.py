@@ -52,7 +52,7 @@ def test_exported_model_carries_the_metadata_contract(tmp_path):
     path, graph, session = exported("fast", tmp_path)
     info = read_model_info(path)  # the inference core's own validation of the contract
     assert info.name == "fast" and info.architecture == "kpunet" and not info.needs_variance
-    assert not info.denoise_residual
+    assert not info.denoise_residual and info.metadata["kprcan.format_version"] == "1"
     assert list(info.required_passes) == list(DECOMPOSITION_PASSES) + list(FEATURE_PASSES)
     assert list(info.inputs) == ["diffuse", "specular", "albedo", "normal", "depth"]
     assert list(info.outputs) == ["diffuse_denoised", "specular_denoised"]
@@ -66,11 +66,13 @@ def test_exported_model_carries_the_metadata_contract(tmp_path):
 
 
 def test_variance_model_declares_and_takes_the_variance_inputs(tmp_path):
-    overrides = ["graph.use_variance=true", "data.denoise_residual=true"]
+    overrides = ["graph.use_variance=true", "data.kind=shards", "data.denoise_residual=true"]
     path, graph, session = exported("kpcn", tmp_path, overrides)
     info = read_model_info(path)
     assert info.needs_variance and info.inputs[-2:] == ("diffuse_variance", "specular_variance")
-    assert info.denoise_residual  # declared from the config the shards were checked against
+    assert info.denoise_residual  # from data.denoise_residual, which training checks against the shards
+    # a kprcan that reads only version 1 refuses the model instead of feeding it the wrong specular buffer
+    assert session.get_modelmeta().custom_metadata_map["kprcan.format_version"] == "2"
     expected, actual, _ = run_both(graph, session, 16, 16)
     np.testing.assert_allclose(actual[1], expected[1], atol=1e-4, rtol=0)
 

@@ -103,6 +103,9 @@ def test_config_layers_overrides_and_errors(tmp_path):
     bad.write_text("base: " + str(CONFIGS / "kpcn.yaml") + "\ndata: {patchsize: 3}\n")
     with pytest.raises(ValueError, match="unknown config key data.patchsize"):
         load_config(bad)
+    # synthetic patches have no residual to denoise: the flag would mislabel the exported model
+    with pytest.raises(ValueError, match="data.denoise_residual needs data.kind shards"):
+        load_config(CONFIGS / "tiny.yaml", ["data.denoise_residual=true"])
 
 
 def test_summary_command_prints_parameters_flops_and_radius():

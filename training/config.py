@@ -184,6 +184,8 @@ def config_from_dict(raw: dict) -> Config:
 def validate(config: Config) -> None:
     checks = [
         (config.data.kind in ("synthetic", "shards"), "data.kind must be synthetic or shards"),
+        (config.data.kind == "shards" or not config.data.denoise_residual,
+         "data.denoise_residual needs data.kind shards (packed with --denoise-residual)"),
         (config.loss.type in ("l1", "relmse", "smape", "ssim", "combined"), "unknown loss.type"),
         (config.loss.range in ("hdr", "tonemapped"), "loss.range must be hdr or tonemapped"),
         (config.loss.tonemap in ("srgb", "reinhard", "log"), "loss.tonemap must be srgb, reinhard or log"),

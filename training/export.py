@@ -29,7 +29,7 @@ from training.checkpoint import RunFolder, atomic_write, load_weights, write_jso
 from training.config import Config, load_config_json
 from training.graph import OUTPUTS, DenoiserGraph, build_graph
 
-FORMAT_VERSION = 1
+# contract version written: 1, or 2 for models that denoise the residual (denoiser_core/models.py)
 
 
 def training_data_summary(config: Config) -> str:
@@ -44,7 +44,8 @@ def training_data_summary(config: Config) -> str:
 def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[str, str]:
     """The ``kprcan.*`` metadata_props of docs/contract.md."""
     meta = {
-        "format_version": str(FORMAT_VERSION), "name": name, "architecture": config.model["type"],
+        "format_version": "2" if config.data.denoise_residual else "1",
+        "name": name, "architecture": config.model["type"],
         "inputs": json.dumps(graph.input_names), "outputs": json.dumps(list(OUTPUTS)),
         "required_passes": json.dumps(list(DECOMPOSITION_PASSES) + list(FEATURE_PASSES)),
         "needs_variance": str(graph.use_variance).lower(), "receptive_radius": str(graph.receptive_radius),
