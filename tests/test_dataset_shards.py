@@ -104,12 +104,18 @@ def test_augmentation_keeps_camera_space_normals_consistent(cycles_sphere_exr):
     np.testing.assert_array_equal(permuted["normal"], arrays["normal"])
 
 
-def test_non_finite_patches_are_dropped_and_counted(packed, tmp_path):
-    root, _stats = packed
+def one_view_copy(root, work):
+    """A data folder holding a copy of the first rendered view of ``root`` and its manifest line."""
     record = plan.read_manifest(root)[0]
-    work = tmp_path / "nonfinite"
     shutil.copytree(root / record["dir"], work / record["dir"])
     (work / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    return record
+
+
+def test_non_finite_patches_are_dropped_and_counted(packed, tmp_path):
+    root, _stats = packed
+    work = tmp_path / "nonfinite"
+    record = one_view_copy(root, work)
     # poison one pixel of one half-sample render with +Inf (as a broken shader can)
     path = work / record["dir"] / "spp8_a.exr"
     with OpenEXR.File(str(path), separate_channels=True) as exr:
@@ -139,10 +145,8 @@ def test_denoise_residual_packs_emission_into_specular_and_is_checked_against_th
     from training.datasets import build_datasets
 
     root, _stats = packed
-    record = plan.read_manifest(root)[0]
     work = tmp_path / "residual"
-    shutil.copytree(root / record["dir"], work / record["dir"])
-    (work / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    record = one_view_copy(root, work)
     pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0, denoise_residual=True)
     folder = work / "packed" / "train-full-r"
     assert json.loads((folder / "index.json").read_text())["denoise_residual"] is True
