@@ -117,3 +117,11 @@ def test_summary_command_prints_parameters_flops_and_radius():
     graph = build_graph(load_config(CONFIGS / "fast.yaml"))
     assert f"receptive radius {graph.receptive_radius} px" in result.stdout
     assert f"size multiple {graph.size_multiple}" in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert config.train.steps > 0 and config.model["type"]
+    if config.data.denoise_residual:  # trains on the -r shards make_dataset.sh packs for it
+        assert all(folder.endswith("-r") for folder in config.data.train + config.data.val)

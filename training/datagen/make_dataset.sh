@@ -23,3 +23,8 @@ nice -n 5 "$PY" -m training.datagen render --out "$OUT" --split train --views 30
 "$PY" -m training.datagen pack --out "$OUT" --split train               # OUT/packed/train-p64 (64x64 patches)
 "$PY" -m training.datagen pack --out "$OUT/bench256" --split test --full
 "$PY" -m training.datagen pack --out "$OUT/bench256" --split test
+# The same views with the residual (emission, environment) in the specular channels: OUT/packed/*-r, for
+# configs with data.denoise_residual: true (docs/experiments.md, A/B of denoise_residual).
+"$PY" -m training.datagen pack --out "$OUT" --split val --full --denoise-residual
+"$PY" -m training.datagen pack --out "$OUT" --split train --full --denoise-residual
+"$PY" -m training.datagen pack --out "$OUT/bench256" --split test --full --denoise-residual
