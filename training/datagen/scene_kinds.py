@@ -151,4 +151,45 @@ def make_scene(seed: int, resolution: tuple[int, int] = (128, 128), kind: str | 
             scene["camera"]["motion"] = {"location_delta": _vec(rng.uniform(-0.1, 0.1), 0, 0)}
         scene["motion_blur"] = {"shutter": _r(rng.uniform(0.3, 1.0))}
     scene.update(kind=kind, seed=seed, resolution=list(resolution))
+    _clear_camera(scene)
     return scene
+
+
+def _solid_radius(obj: dict) -> float | None:
+    """Bounding radius of a prop (uniformly scaled primitive, unit size), None for what a camera may be in:
+    the floor, volumes (fog fills the set on purpose) and the room's walls (checked as the room instead)."""
+    scale = obj["scale"]
+    if obj["mesh"] == "plane" or "volume" in obj["material"] or max(scale) > 1.01 * min(scale):
+        return None
+    return 1.8 * scale[0] + (0.5 if "motion" in obj else 0.0) + 0.1  # cube corners: sqrt(3); monkey ~1.4
+
+
+def _camera_ok(location: list[float], scene: dict) -> bool:
+    for obj in scene["objects"]:
+        radius = _solid_radius(obj)
+        if radius is not None and math.dist(location, obj["location"]) < radius:
+            return False
+    if scene["kind"] == "interior":  # inside the room: objects[1] is the ceiling, (w/2, d/2, t) at h + t
+        ceiling = scene["objects"][1]
+        half_w, half_d = ceiling["scale"][0] - 0.15, ceiling["scale"][1] - 0.15
+        height = ceiling["location"][2] - ceiling["scale"][2] - 0.15
+        return abs(location[0]) < half_w and abs(location[1]) < half_d and 0.15 < location[2] < height
+    return True
+
+
+def _clear_camera(scene: dict) -> None:
+    """A camera inside a prop, or outside an interior's room, renders black (a few % of early views did).
+    Move it along its line of sight -- back first, then closer -- to the first clear spot. Draws nothing
+    from the scene's RNG, so every scene whose camera was already clear stays exactly as it was."""
+    cam = scene["camera"]
+    if _camera_ok(cam["location"], scene):
+        return
+    target = cam["target"]
+    offset = [c - t for c, t in zip(cam["location"], target, strict=True)]
+    for factor in [1 + 0.1 * i for i in range(1, 16)] + [1 - 0.1 * i for i in range(1, 8)]:
+        candidate = _vec(*(t + factor * o for t, o in zip(target, offset, strict=True)))
+        if _camera_ok(candidate, scene):
+            cam["location"] = candidate
+            if "dof" in cam:  # keep the focus where it was relative to the target
+                cam["dof"]["distance"] = _r(cam["dof"]["distance"] * factor)
+            return
