@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from denoiser_core import load_model  # noqa: E402
 from denoiser_core.images import psnr, to_srgb  # noqa: E402
-from denoiser_core.passes import decompose  # noqa: E402
+from denoiser_core.passes import decompose, recombine  # noqa: E402
 from training.evaluate import find_views, first_layer_passes, mean_passes, noisy_inputs  # noqa: E402
 
 TERMS = ("diffuse", "specular", "residual", "diffuse_color")
@@ -47,9 +48,9 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
                    "residual": parts.residual, "diffuse_color": parts.diffuse_color}
     target = to_srgb(reference["combined"][..., :3])
 
-    def score(terms: dict[str, np.ndarray]) -> float:
-        beauty = terms["diffuse_color"] * terms["diffuse"] + terms["specular"] + terms["residual"]
-        return psnr(to_srgb(beauty), target)
+    def score(terms: dict[str, np.ndarray]) -> float:  # the core's own recombination, terms swapped in
+        carried = replace(parts, diffuse_color=terms["diffuse_color"], residual=terms["residual"])
+        return psnr(to_srgb(recombine(carried, terms["diffuse"], terms["specular"])), target)
 
     budget = {"noisy": psnr(to_srgb(noisy["combined"][..., :3]), target), "model": score(model_terms)}
     for term in TERMS:
