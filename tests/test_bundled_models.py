@@ -19,7 +19,8 @@ SHIPPED = sorted(MODELS.glob("*.onnx"))
 
 def test_the_fast_default_and_a_quality_preset_are_shipped():
     names = {path.stem for path in SHIPPED}
-    assert "fast" in names, f"models/ holds {sorted(names)}"
+    assert {"fast", "quality"} <= names, f"models/ holds {sorted(names)}"
+    assert read_model_info(MODELS / "quality.onnx").architecture == "kprcan"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 
 import numpy as np
@@ -167,3 +168,60 @@ def test_denoise_residual_packs_emission_into_specular_and_is_checked_against_th
         build_datasets(config)
     config.data.denoise_residual = True
     assert build_datasets(config)[0].denoise_residual
+
+
+def test_bundle_round_trip_keeps_views_whole_and_values_close(packed, tmp_path):
+    """bundle -> unbundle gives shards ShardDataset reads, values within the documented rounding, whole
+    views only under --max-mb, exact bits with --lossless, and a clear error for an existing --out."""
+    from training.datagen import bundle
+    from training.datagen.__main__ import main as datagen_main
+
+    root, _stats = packed
+    source = root / "packed" / "train-p32"
+    index = json.loads((source / "index.json").read_text())
+    channels = [tuple(c) for c in index["channels"]]
+    for lossless in (False, True):
+        out = tmp_path / f"b{int(lossless)}.zip"
+        stats = bundle.write_bundle(out, [source], [], lossless=lossless)
+        assert stats["train-p32"]["shards"] == len(index["shards"]) and out.stat().st_size < sum(
+            (source / s["file"]).stat().st_size for s in index["shards"])
+        unpacked = tmp_path / f"u{int(lossless)}" / "train-p32"
+        assert bundle.extract_bundle(out, unpacked.parent) == {"train-p32": len(index["shards"])}
+        for shard in index["shards"]:
+            original = np.load(source / shard["file"]).astype(np.float32)
+            restored = np.load(unpacked / shard["file"]).astype(np.float32)
+            assert restored.shape == original.shape
+            if lossless:
+                assert np.array_equal(restored, original)
+                continue
+            start = 0
+            for name, count in channels:
+                keep = bundle.MANTISSA_BITS.get(name, bundle.DEFAULT_BITS)
+                a, b = original[:, start:start + count], restored[:, start:start + count]
+                normal = np.abs(a) > 1e-4  # fp16 normals; subnormals keep fewer bits
+                assert np.all(np.abs(b - a)[normal] <= np.abs(a)[normal] * 2.0 ** -(keep + 1) * 1.001)
+                start += count
+        assert len(ShardDataset(unpacked, patch_size=24)) == sum(s["count"] for s in index["shards"])
+    # --fill adds whole view groups while under the budget; a --whole folder over it is refused
+    full = (tmp_path / "b0.zip").stat().st_size
+    part = bundle.write_bundle(tmp_path / "part.zip", [], [source], max_mb=full * 0.6 / 1e6)
+    groups = bundle._view_groups(index)
+    random.Random(0).shuffle(groups)  # the order write_bundle fills in (seed 0)
+    assert part["train-p32"]["shards"] in {sum(len(g) for g in groups[:n]) for n in range(len(groups) + 1)}
+    assert part["bytes"] <= full * 0.6 + 4096  # + the zip's directory and index
+    with pytest.raises(ValueError, match="exceeds --max-mb"):
+        bundle.write_bundle(tmp_path / "no.zip", [source], [], max_mb=0.001)
+    assert not (tmp_path / "no.zip").exists() and not (tmp_path / "no.zip.part").exists()
+    assert datagen_main(["bundle", "--out", str(tmp_path / "part.zip"), "--fill", str(source)]) == 2
+
+
+def test_mantissa_rounding_is_nearest_and_leaves_specials_alone():
+    from training.datagen.bundle import round_mantissa
+
+    values = np.array([1.0, 1.0 + 2**-6, 1.0 + 3 * 2**-7, -3.3, 65504.0, np.inf, -np.inf, 0.0], np.float16)
+    rounded = round_mantissa(values.view(np.uint16), 5).view(np.float16).astype(np.float64)
+    assert rounded[0] == 1.0 and rounded[1] == 1.0 + 2**-5  # a tie rounds up (half away from zero)
+    assert rounded[2] == 1.0 + 2**-5
+    assert abs(rounded[3] + 3.3) <= 3.3 * 2**-6
+    assert np.isfinite(rounded[4]) and rounded[4] <= 65504.0  # never rounded up into infinity
+    assert rounded[5] == np.inf and rounded[6] == -np.inf and rounded[7] == 0.0

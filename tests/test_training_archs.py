@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tests.training_helpers import ALL_CONFIGS, CONFIGS, REPO, tiny_config
 from training.archs import ARCH_REGISTRY, build_arch
 from training.archs.blocks import GLOBAL_POOL_RADIUS, ChannelAttention
-from training.archs.kernels import apply_kernels
+from training.archs.kernels import _apply_unfolded, apply_kernels
 from training.archs.summary import example_inputs, flops_per_megapixel, measured_receptive_radius
 from training.config import LossConfig, load_config
 from training.graph import build_graph
@@ -35,6 +35,20 @@ def test_kernel_application_matches_unfold_reference():
     patches = F.unfold(color, 5, padding=2).view(2, 3, 25, 9, 11)
     expected = (patches * weights[:, None]).sum(2)
     assert torch.allclose(apply_kernels(color, logits, 5), expected, atol=1e-6)
+
+
+def test_gpu_kernel_path_matches_the_offset_loop_with_gradients():
+    """CUDA tensors take ``_apply_unfolded``; it must give the offset loop's values and gradients."""
+    torch.manual_seed(0)
+    color, logits = torch.rand(2, 3, 10, 7), torch.randn(2, 49, 10, 7)
+    results = []
+    for apply in (apply_kernels, lambda c, lg, k: _apply_unfolded(c, torch.exp(lg - lg.amax(1, True)), k)):
+        c, lg = color.clone().requires_grad_(), logits.clone().requires_grad_()
+        out = apply(c, lg, 7)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), c.grad, lg.grad))
+    for loop, unfolded in zip(*results, strict=True):
+        assert torch.allclose(loop, unfolded, atol=1e-5)
 
 
 def test_local_channel_attention_pools_exactly_over_the_window():
@@ -80,6 +94,22 @@ def test_graph_outputs_are_finite_and_non_negative_for_kernel_models():
     assert torch.isfinite(diffuse).all() and (specular >= -1e-6).all()
 
 
+def test_albedo_max_bounds_what_the_networks_see_of_lights_albedo():
+    """Cycles writes a light's radiance into Denoising Albedo; with graph.albedo_max the graph sees 1
+    there, so 1,000 and 1 give the same output, and albedos inside [0, 1] are untouched."""
+    clamped = build_graph(tiny_config("kpcn", ["graph.albedo_max=1.0"])).eval()
+    plain = build_graph(tiny_config("kpcn")).eval()
+    plain.load_state_dict(clamped.state_dict())
+    inputs = example_inputs(clamped, 12, 12)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(clamped(**inputs), plain(**inputs), strict=True))
+        light, white = dict(inputs), dict(inputs)
+        light["albedo"], white["albedo"] = inputs["albedo"].clone(), inputs["albedo"].clone()
+        light["albedo"][..., 5, 5], white["albedo"][..., 5, 5] = 1000.0, 1.0
+        assert all(torch.equal(a, b) for a, b in zip(clamped(**light), clamped(**white), strict=True))
+        assert not torch.equal(plain(**light)[1], plain(**white)[1])
+
+
 def test_hdr_loss_masks_non_finite_targets_and_tonemap_matches_srgb():
     loss = DenoiseLoss(LossConfig(type="l1"))
     pred, target = torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
@@ -103,6 +133,12 @@ def test_config_layers_overrides_and_errors(tmp_path):
     bad.write_text("base: " + str(CONFIGS / "kpcn.yaml") + "\ndata: {patchsize: 3}\n")
     with pytest.raises(ValueError, match="unknown config key data.patchsize"):
         load_config(bad)
+    # YAML 1.1 reads 1e-4 as a string: numeric strings count for float keys, other wrong types fail
+    assert load_config(CONFIGS / "tiny.yaml", ["optimizer.lr=1e-4"]).optimizer.lr == 1e-4
+    for wrong, message in (("train.steps=1.5", "train.steps must be int"),
+                           ("graph.albedo_max=bright", "graph.albedo_max must be float")):
+        with pytest.raises(ValueError, match=message):
+            load_config(CONFIGS / "tiny.yaml", [wrong])
     # synthetic patches have no residual to denoise: the flag would mislabel the exported model
     with pytest.raises(ValueError, match="data.denoise_residual needs data.kind shards"):
         load_config(CONFIGS / "tiny.yaml", ["data.denoise_residual=true"])

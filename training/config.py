@@ -28,6 +28,10 @@ class GraphConfig:
     use_variance: bool = False      # feed the variance passes (model then needs them: needs_variance)
     use_gradients: bool = True      # feed x/y finite differences of colour and features
     depth_max: float = 1.0e4        # depth is clamped here before log1p normalisation
+    # Denoising Albedo is clamped to [0, albedo_max] (null: only >= 0). Cycles gives backgrounds and
+    # lights their radiance as "albedo" (5.6 % of training pixels > 1, up to ~2,400); unclamped, such a
+    # value let a model move a light's pixel onto its neighbour (docs/experiments.md)
+    albedo_max: float | None = None
 
 
 @dataclass
@@ -162,7 +166,31 @@ def _section(cls, values, where: str):
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config key {where}.{unknown[0]}; known: {', '.join(sorted(names))}")
-    return cls(**values)
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(**{key: _checked(value, types[key], f"{where}.{key}") for key, value in values.items()})
+
+
+def _checked(value, declared: str, where: str):
+    """Scalars of the declared type. YAML 1.1 reads ``1e-4`` (no dot) as a string: numeric strings are
+    accepted for float keys, anything else of the wrong type is an error naming the key."""
+    if declared.endswith("| None"):
+        if value is None:
+            return None
+        declared = declared.removesuffix("| None").strip()
+    if declared == "float":
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif declared in ("int", "bool"):
+        if type(value).__name__ == declared:
+            return value
+    else:
+        return value  # lists, strings, mappings: checked where they are used
+    raise ValueError(f"config key {where} must be {declared}, not {value!r}")
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -11,7 +11,8 @@ Pre-processing (after Bako et al. 2017, KPCN):
   divided the albedo out; ``log_diffuse`` switches it to log1p too). Outputs go back with exp(x) - 1.
 * the networks always *see* log1p colours, whatever the filtering space: a bounded input range for the
   convolutions, while the kernels still average the linear values.
-* features: albedo, normal, and depth as log1p(min(depth, depth_max)) / log1p(depth_max) (background
+* features: albedo (clamped to [0, ``albedo_max``] when set: Cycles writes a light's or the background's
+  radiance there), normal, and depth as log1p(min(depth, depth_max)) / log1p(depth_max) (background
   depth in Cycles is ~1e10, the clamp keeps it finite and in [0, 1]).
 * variances (optional): of the log1p colour the network sees, by the delta method Var[log1p X] ~
   Var[X] / (1 + X)^2, then log1p-compressed so that fireflies do not dominate the input range.
@@ -49,8 +50,9 @@ class DenoiserGraph(nn.Module):
     """
 
     def __init__(self, model: dict, log_diffuse: bool = False, use_variance: bool = False,
-                 use_gradients: bool = True, depth_max: float = 1e4):
+                 use_gradients: bool = True, depth_max: float = 1e4, albedo_max: float | None = None):
         super().__init__()
+        self.albedo_max = None if albedo_max is None else float(albedo_max)
         self.model_spec = dict(model)
         self.log_space = {"diffuse": log_diffuse, "specular": True}
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
@@ -86,7 +88,7 @@ class DenoiserGraph(nn.Module):
     def _shared_features(self, albedo: torch.Tensor, normal: torch.Tensor,
                          depth: torch.Tensor) -> torch.Tensor:
         depth = torch.log1p(depth.clamp(0, self.depth_max)) / math.log1p(self.depth_max)
-        return torch.cat([albedo.clamp(min=0), normal, depth], dim=1)
+        return torch.cat([albedo.clamp(0, self.albedo_max), normal, depth], dim=1)
 
     def _network_input(self, linear: torch.Tensor, shared: torch.Tensor,
                        variance: torch.Tensor | None) -> torch.Tensor:
@@ -125,4 +127,4 @@ def build_graph(config) -> DenoiserGraph:
     """The graph a ``training.config.Config`` describes."""
     g = config.graph
     return DenoiserGraph(config.model, log_diffuse=g.log_diffuse, use_variance=g.use_variance,
-                         use_gradients=g.use_gradients, depth_max=g.depth_max)
+                         use_gradients=g.use_gradients, depth_max=g.depth_max, albedo_max=g.albedo_max)

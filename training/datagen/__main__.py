@@ -5,6 +5,8 @@
     python -m training.datagen render --out data --blend scenes/*.blend --views 20 --frames 1 10 20
     python -m training.datagen pack --out data --split train                        # incremental
     python -m training.datagen summary --out data --docs docs                       # stats + contact sheet
+    python -m training.datagen bundle --out b.zip --whole data/packed/val-full --fill data/packed/train-full
+    python -m training.datagen unbundle b.zip --out data/bundle                     # on the other machine
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 
@@ -57,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="manifest statistics and a contact sheet of references")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--docs", type=Path, default=Path("docs"))
+    b = sub.add_parser("bundle", help="packed folders in one small file, for a machine with a small upload")
+    b.add_argument("--out", type=Path, required=True, help="the bundle (.zip) to write")
+    b.add_argument("--whole", type=Path, nargs="*", default=[], help="packed folders to include entirely")
+    b.add_argument("--fill", type=Path, nargs="*", default=[],
+                   help="packed folders whose views are added, in random order, while under --max-mb")
+    b.add_argument("--max-mb", type=float, default=None, help="size limit of the bundle (MB, 10^6 bytes)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--lossless", action="store_true", help="keep every mantissa bit (about 1.7x larger)")
+    u = sub.add_parser("unbundle", help="unpack a bundle into packed-shard folders")
+    u.add_argument("bundle", type=Path)
+    u.add_argument("--out", type=Path, required=True, help="folder to unpack into (one subfolder each)")
     return parser
 
 
@@ -87,6 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
                                 max_firefly_fraction=args.max_firefly_fraction, seed=args.seed,
                                 denoise_residual=args.denoise_residual)
+        print(stats)
+        return 0
+    if args.command in ("bundle", "unbundle"):
+        from training.datagen import bundle
+
+        try:
+            if args.command == "bundle":
+                if not args.whole and not args.fill:
+                    raise ValueError("give --whole and/or --fill packed folders")
+                if args.out.exists():
+                    raise ValueError(f"{args.out} exists; choose another --out or remove it")
+                def report(name, shards, size):
+                    print(f"\r{name}: {shards} shards, {size / 1e6:.1f} MB", end="", file=sys.stderr)
+                stats = bundle.write_bundle(args.out, args.whole, args.fill, args.max_mb, args.seed,
+                                            args.lossless, progress=report)
+                print(file=sys.stderr)
+            else:
+                stats = bundle.extract_bundle(args.bundle, args.out)
+        except (ValueError, OSError, zipfile.BadZipFile) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(stats)
         return 0
     if args.command == "summary":

@@ -1,0 +1,153 @@
+"""Packed shards squeezed into one file for a machine that only takes a small upload (a lent GPU, a
+colleague's box), and unpacked there into the same folders ``ShardDataset`` reads.
+
+    python -m training.datagen bundle --out data/bundle.zip --whole data/packed/val-full \
+        --fill data/packed/train-full --max-mb 40
+    python -m training.datagen unbundle data/bundle.zip --out data/bundle   # -> data/bundle/train-full, ...
+
+``--whole`` folders go in entirely; ``--fill`` folders add whole views in a seeded random order while the
+bundle stays under ``--max-mb``. Each shard is stored as its fp16 bits, rounded to fewer mantissa bits
+(``MANTISSA_BITS``: the rounding error, at most 2^-(bits+1) relative, sits far below the Monte Carlo noise
+of the inputs and of the references), high bytes before low bytes, and xz-compressed: about 4.5x smaller
+than the .npy files, against 2.7x lossless (``--lossless`` keeps every bit). A zip of stored members, so a
+half-written bundle fails to open instead of unpacking part of a view.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import lzma
+import os
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+# Mantissa bits kept of fp16's 10: references keep more (they are the targets), the per-pixel noise
+# estimates fewer (they are noise themselves).
+MANTISSA_BITS = {"diffuse_reference": 7, "specular_reference": 7, "diffuse_std": 3, "specular_std": 3}
+DEFAULT_BITS = 5
+_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+
+
+def round_mantissa(bits: np.ndarray, keep: int) -> np.ndarray:
+    """fp16 bit patterns (uint16) rounded to nearest with ``keep`` mantissa bits; inf/NaN untouched, and a
+    value that would round up to infinity is truncated instead."""
+    drop = 10 - keep
+    if drop <= 0:
+        return bits
+    mask = np.uint16((0xFFFF << drop) & 0xFFFF)
+    rounded = ((bits.astype(np.uint32) + (1 << (drop - 1))) & mask).astype(np.uint16)
+    special = (bits & 0x7C00) == 0x7C00
+    overflow = ((rounded & 0x7C00) == 0x7C00) & ~special
+    return np.where(special, bits, np.where(overflow, bits & mask, rounded))
+
+
+def encode_shard(array: np.ndarray, channels: list[tuple[str, int]], lossless: bool) -> bytes:
+    bits = np.ascontiguousarray(array, dtype=np.float16).view(np.uint16).copy()
+    if not lossless:
+        start = 0
+        for name, count in channels:
+            keep = MANTISSA_BITS.get(name, DEFAULT_BITS)
+            bits[:, start:start + count] = round_mantissa(bits[:, start:start + count], keep)
+            start += count
+    pairs = bits.reshape(-1).view(np.uint8).reshape(-1, 2)
+    return lzma.compress(np.concatenate([pairs[:, 1], pairs[:, 0]]).tobytes(), format=lzma.FORMAT_XZ,
+                         filters=_FILTERS)
+
+
+def decode_shard(payload: bytes, shape: list[int]) -> np.ndarray:
+    shuffled = np.frombuffer(lzma.decompress(payload), np.uint8)
+    half = shuffled.size // 2
+    pairs = np.stack([shuffled[half:], shuffled[:half]], axis=1)
+    return pairs.reshape(-1).view(np.float16).reshape(shape)
+
+
+def _view_groups(index: dict) -> list[list[dict]]:
+    """The index's shards grouped by the views they hold (whole-view shards: one group per view)."""
+    groups: dict[tuple, list[dict]] = {}
+    for shard in index["shards"]:
+        views = tuple(sorted({item["view"] for item in shard["items"]}))
+        groups.setdefault(views, []).append(shard)
+    return list(groups.values())
+
+
+def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float | None = None,
+                 seed: int = 0, lossless: bool = False, progress=None) -> dict:
+    """Write the bundle atomically; returns how many shards and views of each folder went in."""
+    out = Path(out)
+    names = [Path(folder).name for folder in [*whole, *fill]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"bundled folders need distinct names, got {names}")
+    budget = max_mb * 1e6 if max_mb else float("inf")
+    stats, size = {}, 0
+    temp = out.with_name(out.name + ".part")
+    try:
+        with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as bundle:
+            for folder, fill_folder in [(f, False) for f in whole] + [(f, True) for f in fill]:
+                folder = Path(folder)
+                index_path = folder / "index.json"
+                if not index_path.is_file():
+                    raise ValueError(f"not a packed-shard folder (no index.json): {folder}")
+                index = json.loads(index_path.read_text())
+                channels = [tuple(c) for c in index["channels"]]
+                groups = _view_groups(index)
+                if fill_folder:
+                    random.Random(seed).shuffle(groups)
+                kept, shapes = [], {}
+                for group in groups:
+                    encoded = []
+                    for shard in group:
+                        array = np.load(folder / shard["file"])
+                        encoded.append((shard, encode_shard(array, channels, lossless), list(array.shape)))
+                    group_bytes = sum(len(payload) for _, payload, _ in encoded)
+                    if fill_folder and size + group_bytes > budget:
+                        break
+                    if not fill_folder and size + group_bytes > budget:
+                        raise ValueError(f"--whole {folder} alone exceeds --max-mb {max_mb}")
+                    for shard, payload, shape in encoded:
+                        bundle.writestr(f"{folder.name}/{shard['file']}.xz", payload)
+                        shapes[shard["file"]] = shape
+                        kept.append(shard)
+                    size += group_bytes
+                    if progress:
+                        progress(folder.name, len(kept), size)
+                subset = {**index, "shards": kept,
+                          "bundle": {"lossless": lossless, "shapes": shapes,
+                                     "mantissa_bits": None if lossless else
+                                     {name: MANTISSA_BITS.get(name, DEFAULT_BITS) for name, _ in channels}}}
+                bundle.writestr(f"{folder.name}/index.json", json.dumps(subset))
+                stats[folder.name] = {"shards": len(kept),
+                                      "views": len({i["view"] for s in kept for i in s["items"]})}
+        os.replace(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)
+    stats["bytes"] = out.stat().st_size
+    return stats
+
+
+def extract_bundle(bundle_path: Path, out: Path) -> dict:
+    """Unpack every folder of the bundle under ``out`` (each index.json written last, after its shards,
+    so an interrupted unpack leaves no index that names a missing shard)."""
+    out = Path(out)
+    stats = {}
+    with zipfile.ZipFile(bundle_path) as bundle:
+        indexes = [name for name in bundle.namelist() if name.endswith("/index.json")]
+        if not indexes:
+            raise ValueError(f"{bundle_path}: not a shard bundle (no index.json inside)")
+        for member in indexes:
+            folder = out / Path(member).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            index = json.loads(bundle.read(member))
+            shapes = index["bundle"]["shapes"]
+            for shard in index["shards"]:
+                array = decode_shard(bundle.read(f"{Path(member).parent}/{shard['file']}.xz"),
+                                     shapes[shard["file"]])
+                buffer = io.BytesIO()
+                np.save(buffer, array)
+                (folder / shard["file"]).write_bytes(buffer.getvalue())
+            (folder / "index.json").write_text(json.dumps(index))
+            stats[folder.name] = len(index["shards"])
+    return stats
