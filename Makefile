@@ -33,4 +33,4 @@ lint: $(BIN)/python
 # Needs OIDN (pyoidn) for the baseline rows; no torch.
 benchmark: $(BIN)/python
 	$(BIN)/python -m pip install -q -e . "pyoidn>=2.3"
-	$(BIN)/python benchmarks/benchmark_speed.py
+	$(BIN)/python benchmarks/benchmark_speed.py --models fast   # quality is a GPU model: minutes a CPU frame

@@ -209,19 +209,39 @@ def test_bundle_round_trip_keeps_views_whole_and_values_close(packed, tmp_path):
     random.Random(0).shuffle(groups)  # the order write_bundle fills in (seed 0)
     assert part["train-p32"]["shards"] in {sum(len(g) for g in groups[:n]) for n in range(len(groups) + 1)}
     assert part["bytes"] <= full * 0.6 + 4096  # + the zip's directory and index
-    with pytest.raises(ValueError, match="exceeds --max-mb"):
+    with pytest.raises(ValueError, match="does not fit in --max-mb"):
         bundle.write_bundle(tmp_path / "no.zip", [source], [], max_mb=0.001)
     assert not (tmp_path / "no.zip").exists() and not (tmp_path / "no.zip.part").exists()
     assert datagen_main(["bundle", "--out", str(tmp_path / "part.zip"), "--fill", str(source)]) == 2
+    # a bundle is data from elsewhere: member names must stay inside the output folder
+    import zipfile
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(tmp_path / "b0.zip") as good, zipfile.ZipFile(evil, "w") as bad:
+        for name in good.namelist():
+            bad.writestr("../escaped/" + name.split("/", 1)[1], good.read(name))
+    with pytest.raises(ValueError, match="outside the output folder"):
+        bundle.extract_bundle(evil, tmp_path / "safe" / "inner")
+    assert not (tmp_path / "safe" / "escaped").exists()
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(tmp_path / "b0.zip") as good, zipfile.ZipFile(broken, "w") as bad:
+        for name in good.namelist():  # every shard cut in half
+            data = good.read(name)
+            bad.writestr(name, data if name.endswith("index.json") else data[:len(data) // 2])
+    with pytest.raises(ValueError, match="damaged bundle"):
+        bundle.extract_bundle(broken, tmp_path / "broken")
+    assert not (tmp_path / "broken" / "train-p32" / "index.json").exists()
 
 
 def test_mantissa_rounding_is_nearest_and_leaves_specials_alone():
     from training.datagen.bundle import round_mantissa
 
-    values = np.array([1.0, 1.0 + 2**-6, 1.0 + 3 * 2**-7, -3.3, 65504.0, np.inf, -np.inf, 0.0], np.float16)
+    values = np.array([1.0, 1.0 + 2**-6, 1.0 + 3 * 2**-6, 1.0 + 3 * 2**-7, -3.3, 65504.0, np.inf, -np.inf,
+                       0.0], np.float16)
     rounded = round_mantissa(values.view(np.uint16), 5).view(np.float16).astype(np.float64)
-    assert rounded[0] == 1.0 and rounded[1] == 1.0 + 2**-5  # a tie rounds up (half away from zero)
-    assert rounded[2] == 1.0 + 2**-5
-    assert abs(rounded[3] + 3.3) <= 3.3 * 2**-6
-    assert np.isfinite(rounded[4]) and rounded[4] <= 65504.0  # never rounded up into infinity
-    assert rounded[5] == np.inf and rounded[6] == -np.inf and rounded[7] == 0.0
+    assert rounded[0] == 1.0 and rounded[1] == 1.0  # ties go to the even neighbour: no bias
+    assert rounded[2] == 1.0 + 2**-4
+    assert rounded[3] == 1.0 + 2**-5
+    assert abs(rounded[4] + 3.3) <= 3.3 * 2**-6
+    assert np.isfinite(rounded[5]) and rounded[5] <= 65504.0  # never rounded up into infinity
+    assert rounded[6] == np.inf and rounded[7] == -np.inf and rounded[8] == 0.0

@@ -135,7 +135,7 @@ def test_timed_train_plans_the_steps_from_a_probe_and_records_them(tmp_path):
         plan_steps(10.0, 1.0)
     run_dir = tmp_path / "timed"
     command = [sys.executable, str(REPO / "training" / "timed_train.py"),
-               "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY), "--minutes", "0.4",
+               "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY), "--minutes", "0.6",
                "--run-dir", str(run_dir), "--probe-steps", "10"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

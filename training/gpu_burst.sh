@@ -6,6 +6,7 @@
 #   sh training/gpu_burst.sh MINUTES [timed_train.py options...]
 set -e
 MINUTES=${1:?usage: gpu_burst.sh MINUTES [timed_train options]}
+: "${OUT:?set OUT to the folder the results go to (the device tool sets it)}"
 shift
 PY=${PYTHON:-python3}
 if ls .whl/*.whl >/dev/null 2>&1; then

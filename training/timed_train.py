@@ -47,7 +47,8 @@ def seconds_per_step(config, probe_steps: int) -> float:
         rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
     if len(rows) < 2:
         raise ValueError("the probe needs validation data (data.val) to time itself")
-    return (rows[-1]["seconds"] - rows[-2]["seconds"]) / half
+    # metrics.jsonl keeps milliseconds; a floor keeps an implausibly fast probe from planning without end
+    return max(rows[-1]["seconds"] - rows[-2]["seconds"], 1e-3) / half
 
 
 def plan_steps(budget_s: float, per_step_s: float, minimum: int = 100) -> int:

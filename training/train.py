@@ -200,7 +200,7 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
                     writer.add_scalar(f"val/{key}", number, step)
                 recent = [item[2] for item in losses[-config.train.val_interval:]]
                 append_metrics(run.path / "metrics.jsonl", {
-                    "step": step, "stage": stage_index, "seconds": round(time.perf_counter() - started, 1),
+                    "step": step, "stage": stage_index, "seconds": round(time.perf_counter() - started, 3),
                     "train_loss": sum(recent) / len(recent) if recent else None,
                     **{key: round(number, 6) for key, number in scores.items()}})
                 bar.write(f"step {step}: validation PSNR {value:.2f} dB "

@@ -30,6 +30,8 @@ def apply_kernels(color: torch.Tensor, logits: torch.Tensor, kernel_size: int) -
     colour is zero-padded, which only touches pixels within k//2 of the border (part of the receptive
     radius, so tiled inference stays exact).
     """
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd (a centred kernel), not {kernel_size}")
     radius = kernel_size // 2
     # softmax written out, with the normalisation applied once to the filtered colour instead of to
     # all k*k weight planes: same result, and onnxruntime's Softmax over the channel axis of an NCHW

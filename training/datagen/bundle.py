@@ -8,7 +8,7 @@ colleague's box), and unpacked there into the same folders ``ShardDataset`` read
 ``--whole`` folders go in entirely; ``--fill`` folders add whole views in a seeded random order while the
 bundle stays under ``--max-mb``. Each shard is stored as its fp16 bits, rounded to fewer mantissa bits
 (``MANTISSA_BITS``: the rounding error, at most 2^-(bits+1) relative, sits far below the Monte Carlo noise
-of the inputs and of the references), high bytes before low bytes, and xz-compressed: about 4.5x smaller
+of the inputs and of the references), high bytes before low bytes, and xz-compressed: about 4.3x smaller
 than the .npy files, against 2.7x lossless (``--lossless`` keeps every bit). A zip of stored members, so a
 half-written bundle fails to open instead of unpacking part of a view.
 """
@@ -33,13 +33,15 @@ _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
 
 
 def round_mantissa(bits: np.ndarray, keep: int) -> np.ndarray:
-    """fp16 bit patterns (uint16) rounded to nearest with ``keep`` mantissa bits; inf/NaN untouched, and a
-    value that would round up to infinity is truncated instead."""
+    """fp16 bit patterns (uint16) rounded to nearest, ties to even, with ``keep`` mantissa bits (unbiased:
+    no systematic brightening); inf/NaN untouched, and a value that would round up to infinity is truncated
+    instead."""
     drop = 10 - keep
     if drop <= 0:
         return bits
     mask = np.uint16((0xFFFF << drop) & 0xFFFF)
-    rounded = ((bits.astype(np.uint32) + (1 << (drop - 1))) & mask).astype(np.uint16)
+    wide = bits.astype(np.uint32)
+    rounded = ((wide + (1 << (drop - 1)) - 1 + ((wide >> drop) & 1)) & mask).astype(np.uint16)
     special = (bits & 0x7C00) == 0x7C00
     overflow = ((rounded & 0x7C00) == 0x7C00) & ~special
     return np.where(special, bits, np.where(overflow, bits & mask, rounded))
@@ -81,7 +83,9 @@ def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float |
     names = [Path(folder).name for folder in [*whole, *fill]]
     if len(set(names)) != len(names):
         raise ValueError(f"bundled folders need distinct names, got {names}")
-    budget = max_mb * 1e6 if max_mb else float("inf")
+    if max_mb is not None and max_mb <= 0:
+        raise ValueError(f"--max-mb must be positive, got {max_mb}")
+    budget = max_mb * 1e6 if max_mb is not None else float("inf")
     stats, size = {}, 0
     temp = out.with_name(out.name + ".part")
     try:
@@ -92,6 +96,7 @@ def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float |
                 if not index_path.is_file():
                     raise ValueError(f"not a packed-shard folder (no index.json): {folder}")
                 index = json.loads(index_path.read_text())
+                size += len(index_path.read_bytes()) + 4096  # its index (at most this) and zip headers
                 channels = [tuple(c) for c in index["channels"]]
                 groups = _view_groups(index)
                 if fill_folder:
@@ -106,21 +111,23 @@ def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float |
                     if fill_folder and size + group_bytes > budget:
                         break
                     if not fill_folder and size + group_bytes > budget:
-                        raise ValueError(f"--whole {folder} alone exceeds --max-mb {max_mb}")
+                        raise ValueError(f"--whole {folder} does not fit in --max-mb {max_mb} "
+                                         f"(with what was bundled before it)")
                     for shard, payload, shape in encoded:
+                        size += 128  # the member's zip headers
                         bundle.writestr(f"{folder.name}/{shard['file']}.xz", payload)
                         shapes[shard["file"]] = shape
                         kept.append(shard)
                     size += group_bytes
                     if progress:
                         progress(folder.name, len(kept), size)
-                subset = {**index, "shards": kept,
+                views = sorted({item["view"] for shard in kept for item in shard["items"]})
+                subset = {**index, "shards": kept, "packed_views": views,
                           "bundle": {"lossless": lossless, "shapes": shapes,
                                      "mantissa_bits": None if lossless else
                                      {name: MANTISSA_BITS.get(name, DEFAULT_BITS) for name, _ in channels}}}
                 bundle.writestr(f"{folder.name}/index.json", json.dumps(subset))
-                stats[folder.name] = {"shards": len(kept),
-                                      "views": len({i["view"] for s in kept for i in s["items"]})}
+                stats[folder.name] = {"shards": len(kept), "views": len(views)}
         os.replace(temp, out)
     finally:
         temp.unlink(missing_ok=True)
@@ -128,26 +135,56 @@ def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float |
     return stats
 
 
+def _inside(root: Path, name: str) -> Path:
+    """``root / name`` for a plain relative name that stays inside ``root`` (a bundle is data from
+    elsewhere: no absolute paths, no ``..``)."""
+    target = (root / name).resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or not target.is_relative_to(root.resolve()):
+        raise ValueError(f"bundle member {name!r} points outside the output folder")
+    return target
+
+
 def extract_bundle(bundle_path: Path, out: Path) -> dict:
-    """Unpack every folder of the bundle under ``out`` (each index.json written last, after its shards,
-    so an interrupted unpack leaves no index that names a missing shard)."""
+    """Unpack every folder of the bundle under ``out``. Shards are written through temporary files, and a
+    folder's index.json is removed first and written last, so an interrupted or failed unpack never leaves
+    an index naming a missing or partial shard. Damaged bundles raise ValueError."""
     out = Path(out)
     stats = {}
-    with zipfile.ZipFile(bundle_path) as bundle:
-        indexes = [name for name in bundle.namelist() if name.endswith("/index.json")]
-        if not indexes:
-            raise ValueError(f"{bundle_path}: not a shard bundle (no index.json inside)")
-        for member in indexes:
-            folder = out / Path(member).parent
-            folder.mkdir(parents=True, exist_ok=True)
-            index = json.loads(bundle.read(member))
-            shapes = index["bundle"]["shapes"]
-            for shard in index["shards"]:
-                array = decode_shard(bundle.read(f"{Path(member).parent}/{shard['file']}.xz"),
-                                     shapes[shard["file"]])
-                buffer = io.BytesIO()
-                np.save(buffer, array)
-                (folder / shard["file"]).write_bytes(buffer.getvalue())
-            (folder / "index.json").write_text(json.dumps(index))
-            stats[folder.name] = len(index["shards"])
+    try:
+        with zipfile.ZipFile(bundle_path) as bundle:
+            indexes = [name for name in bundle.namelist() if name.endswith("/index.json")]
+            if not indexes:
+                raise ValueError(f"{bundle_path}: not a shard bundle (no index.json inside)")
+            for member in indexes:
+                folder_name = str(Path(member).parent)
+                folder = _inside(out, folder_name)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "index.json").unlink(missing_ok=True)
+                index = json.loads(bundle.read(member))
+                shapes = index["bundle"]["shapes"]
+                for shard in index["shards"]:
+                    if Path(shard["file"]).name != shard["file"]:
+                        raise ValueError(f"bundle shard name {shard['file']!r} is not a plain file name")
+                    array = decode_shard(bundle.read(f"{folder_name}/{shard['file']}.xz"),
+                                         shapes[shard["file"]])
+                    _write_atomic(_inside(folder, shard["file"]), _npy_bytes(array))
+                _write_atomic(folder / "index.json", json.dumps(index).encode())
+                stats[folder.name] = len(index["shards"])
+    except (KeyError, lzma.LZMAError, json.JSONDecodeError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{bundle_path}: damaged bundle ({type(error).__name__}: {error})") from None
     return stats
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temp = path.with_name(path.name + ".part")
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
