@@ -73,8 +73,9 @@ def configure_passes(scene, info, multilayer_output: bool = False) -> SetupRepor
     if scene.render.engine != "CYCLES":
         scene.render.engine = "CYCLES"
         report.engine_changed = True
-    # The optional (volume) passes are denoised with the specular buffer when present: worth enabling.
-    wanted = (*needed_passes(info), *core().passes.OPTIONAL_PASSES)
+    # The optional (volume) passes are denoised with the specular buffer when present, and with Emit and
+    # Env the diffuse light also gets the colour covariance (denoiser_core.passes): worth enabling.
+    wanted = (*needed_passes(info), *core().passes.OPTIONAL_PASSES, *core().passes.EMITTED_PASSES)
     for layer in rendered_view_layers(scene):
         turned_on = [name for name in wanted if not compat.pass_enabled(layer, name)]
         for name in turned_on:

@@ -15,6 +15,7 @@ from .errors import DenoiserError
 from .models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
 from .passes import (
     DECOMPOSITION_PASSES,
+    EMITTED_PASSES,
     FEATURE_PASSES,
     OPTIONAL_PASSES,
     decompose,
@@ -95,7 +96,7 @@ class Denoiser:
                                 "which Blender does not render; choose another model")
         # The optional passes must reach decompose() as they did at training time (pack.py decomposes
         # every pass), or volume light would silently drop into the untouched residual.
-        wanted = (*self.required_passes, *OPTIONAL_PASSES, *VARIANCE_INPUTS)
+        wanted = (*self.required_passes, *OPTIONAL_PASSES, *EMITTED_PASSES, *VARIANCE_INPUTS)
         used = {name: _hwc(passes[name]) for name in wanted if name in passes}
         if "noisy_image" in passes:
             used["combined"] = _hwc(passes["noisy_image"])

@@ -31,6 +31,30 @@ def test_recombine_of_decompose_gives_back_combined():
     assert np.abs(parts.residual).max() > 0.5  # emission and environment ride along in the residual
 
 
+def test_colour_covariance_goes_to_the_diffuse_light_not_the_untouched_residual():
+    """Combined holds the mean of per-sample products DiffCol * light; the passes hold the means. Two
+    samples per pixel with different colours: the covariance must be denoised with the diffuse light
+    (residual = Emit + Env exactly), and without Emit/Env passes the old split stays."""
+    passes = synthetic_passes(24, 32, seed=3)
+    rng = np.random.default_rng(1)
+    color_a, color_b = (rng.uniform(0.05, 0.9, (24, 32, 3)).astype(np.float32) for _ in range(2))
+    light_a, light_b = (rng.uniform(0.0, 3.0, (24, 32, 3)).astype(np.float32) for _ in range(2))
+    before = passes["diffuse_color"] * (passes["diffuse_direct"] + passes["diffuse_indirect"])
+    per_sample = (color_a * light_a + color_b * light_b) / 2
+    passes["diffuse_color"] = (color_a + color_b) / 2
+    passes["diffuse_direct"], passes["diffuse_indirect"] = (light_a + light_b) / 2, np.zeros_like(light_a)
+    passes["combined"][..., :3] += per_sample - before
+    parts = decompose(passes)
+    emitted = passes["emission"] + passes["environment"]
+    np.testing.assert_allclose(parts.residual, emitted, atol=1e-5)
+    np.testing.assert_allclose(parts.diffuse_color * parts.diffuse, per_sample, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(recombine(parts, parts.diffuse, parts.specular), passes["combined"],
+                               rtol=1e-5, atol=1e-5)
+    without = decompose({k: v for k, v in passes.items() if k not in ("emission", "environment")})
+    np.testing.assert_allclose(without.diffuse, passes["diffuse_direct"])
+    assert np.abs(without.residual - emitted).max() > 0.1  # the covariance rides along untouched
+
+
 def test_denoise_residual_moves_emission_and_environment_into_specular():
     passes = synthetic_passes(24, 32, seed=5)
     light_passes, everything = decompose(passes), decompose(passes, denoise_residual=True)
@@ -62,8 +86,8 @@ def test_identity_model_returns_the_noisy_render(models):
     passes = synthetic_passes(24, 32, seed=6)
     result = models["identity"].denoise(passes, tile=8)
     np.testing.assert_allclose(result.beauty, passes["combined"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(result.diffuse, passes["diffuse_color"]
-                               * (passes["diffuse_direct"] + passes["diffuse_indirect"]), rtol=1e-6)
+    np.testing.assert_allclose(result.diffuse, passes["diffuse_color"]  # folding: / and * DiffCol
+                               * (passes["diffuse_direct"] + passes["diffuse_indirect"]), rtol=1e-5)
     assert result.beauty.shape == (24, 32, 4) and result.specular.shape == (24, 32, 3)
     assert set(result.outputs) == {"diffuse_denoised", "specular_denoised"}
     # The network sees the specular buffer training packed (decompose of every pass): volume included.

@@ -245,3 +245,15 @@ def test_mantissa_rounding_is_nearest_and_leaves_specials_alone():
     assert abs(rounded[4] + 3.3) <= 3.3 * 2**-6
     assert np.isfinite(rounded[5]) and rounded[5] <= 65504.0  # never rounded up into infinity
     assert rounded[6] == np.inf and rounded[7] == -np.inf and rounded[8] == 0.0
+
+
+def test_packing_onto_a_folder_of_the_older_decomposition_is_refused(packed, tmp_path):
+    root, _stats = packed
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    index_path = copy / "packed" / "train-p32" / "index.json"
+    index = json.loads(index_path.read_text())
+    assert index["version"] == pack.INDEX_VERSION
+    index_path.write_text(json.dumps({**index, "version": 1}))
+    with pytest.raises(ValueError, match="older decomposition"):
+        pack.pack_split(copy, "train", patch=32, max_firefly_fraction=1.0)

@@ -98,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pack":
         from training.datagen import pack
 
-        stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
-                                max_firefly_fraction=args.max_firefly_fraction, seed=args.seed,
-                                denoise_residual=args.denoise_residual)
+        try:
+            stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
+                                    max_firefly_fraction=args.max_firefly_fraction, seed=args.seed,
+                                    denoise_residual=args.denoise_residual)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(stats)
         return 0
     if args.command in ("bundle", "unbundle"):

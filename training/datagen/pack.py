@@ -106,11 +106,20 @@ def exposure_scale(ref_rgb: np.ndarray, rng: np.random.Generator) -> float:
     return float(0.18 * 2.0 ** rng.uniform(-1.5, 1.5) / max(mean_lum, 1e-4))
 
 
+# Version 2: the diffuse light holds the per-sample colour covariance (denoiser_core.passes, "fold").
+# Packing adds views to a folder incrementally, and one folder must not mix the two decompositions.
+INDEX_VERSION = 2
+
+
 def load_index(folder: Path, patch: int | None, denoise_residual: bool = False) -> dict:
     path = folder / "index.json"
     if path.exists():
-        return json.loads(path.read_text())
-    return {"version": 1, "channels": [list(c) for c in CHANNELS], "patch": patch, "shards": [],
+        index = json.loads(path.read_text())
+        if index.get("version", 1) != INDEX_VERSION:
+            raise ValueError(f"{folder} was packed with an older decomposition (index version "
+                             f"{index.get('version', 1)}, now {INDEX_VERSION}): remove it and pack again")
+        return index
+    return {"version": INDEX_VERSION, "channels": [list(c) for c in CHANNELS], "patch": patch, "shards": [],
             "packed_views": [], "dropped": {"nonfinite": 0, "fp16_overflow": 0, "fireflies": 0},
             "discarded_views": [], "denoise_residual": denoise_residual}
 
