@@ -151,7 +151,8 @@ def sanitize(image: np.ndarray) -> np.ndarray:
 def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> Decomposition:
     """Split canonical passes (H, W, C float arrays) into the denoiser's components.
 
-    ``passes`` must hold DECOMPOSITION_PASSES and FEATURE_PASSES; OPTIONAL_PASSES are used when present.
+    ``passes`` must hold DECOMPOSITION_PASSES and FEATURE_PASSES; OPTIONAL_PASSES are used when present,
+    and with both EMITTED_PASSES the diffuse light takes the colour covariance too (module docstring).
     With ``denoise_residual`` the specular buffer is everything that is not diffuse light (the residual --
     emission, environment, what no pass covers -- joins it and is denoised with it) and the residual is
     zero: for models trained that way (metadata ``kprcan.denoise_residual``).

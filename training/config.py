@@ -190,7 +190,7 @@ def _checked(value, declared: str, where: str):
         if type(value).__name__ == declared:
             return value  # a str key given `a: b` in YAML (unquoted ": ") arrives as a mapping: refused
     else:
-        return value  # lists, strings, mappings: checked where they are used
+        return value  # lists and mappings: checked where they are used
     raise ValueError(f"config key {where} must be {declared}, not {value!r}")
 
 
