@@ -9,6 +9,7 @@ MINUTES=${1:?usage: gpu_burst.sh MINUTES [timed_train options]}
 : "${OUT:?set OUT to the folder the results go to (the device tool sets it)}"
 shift
 PY=${PYTHON:-python3}
+RUN=/tmp/quality_run
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
@@ -16,25 +17,27 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-rm -rf /tmp/bundle /tmp/quality_run
+rm -rf /tmp/bundle "$RUN"
 "$PY" -m training.datagen unbundle "${BUNDLE:-.devdata/bundle.zip}" --out /tmp/bundle
 # the hard stop is a safety net: timed_train plans to end well inside MINUTES
 timeout "$(awk "BEGIN{print int($MINUTES * 60 + 45)}")" "$PY" training/timed_train.py \
-    --config training/configs/quality.yaml --minutes "$MINUTES" --run-dir /tmp/quality_run \
+    --config training/configs/quality.yaml --minutes "$MINUTES" --run-dir "$RUN" \
     --set 'data.train=[/tmp/bundle/train-full]' --set 'data.val=[/tmp/bundle/val-full]' "$@" || true
-RUN=/tmp/quality_run
 for file in config.json metrics.jsonl checkpoints/best.safetensors checkpoints/latest.safetensors \
             checkpoints/latest.state.pt; do
     [ -f "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"
 done
-"$PY" - <<'PY' || true
+RUN="$RUN" "$PY" - <<'PY' || true
 # inference time of the best weights at 1080p in torch (fp32/TF32), this GPU
-import os, time, torch
+import os
+import time
+
+import torch
 from training.checkpoint import load_weights
 from training.config import load_config_json
 from training.graph import build_graph
 from training.archs.summary import example_inputs
-run = "/tmp/quality_run"
+run = os.environ["RUN"]
 graph = build_graph(load_config_json(f"{run}/config.json"))
 load_weights(f"{run}/checkpoints/best.safetensors", graph)
 device = "cuda" if torch.cuda.is_available() else "cpu"
