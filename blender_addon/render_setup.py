@@ -75,7 +75,7 @@ def configure_passes(scene, info, multilayer_output: bool = False) -> SetupRepor
         report.engine_changed = True
     # The optional (volume) passes are denoised with the specular buffer when present, and with Emit and
     # Env the diffuse light also gets the colour covariance (denoiser_core.passes): worth enabling.
-    wanted = (*needed_passes(info), *core().passes.OPTIONAL_PASSES, *core().passes.EMITTED_PASSES)
+    wanted = (*needed_passes(info), *core().passes.PASSES_USED_WHEN_PRESENT)
     for layer in rendered_view_layers(scene):
         turned_on = [name for name in wanted if not compat.pass_enabled(layer, name)]
         for name in turned_on:

@@ -1,7 +1,7 @@
 """kprcan inference core: numpy + onnxruntime + OpenEXR only (no torch, no bpy).
 
 Public API (the names below; the Blender add-on also uses ``models.resolve_model``, ``passes.PASS_TABLE``,
-``passes.OPTIONAL_PASSES``, ``passes.blender_pass_name`` and ``inference.required_passes``)::
+``passes.PASSES_USED_WHEN_PRESENT``, ``passes.blender_pass_name`` and ``inference.required_passes``)::
 
     from denoiser_core import (load_model, read_exr, write_exr, denoise_file, Denoiser, ModelInfo,
                                DenoiserError, list_models, available_devices)

@@ -15,9 +15,8 @@ from .errors import DenoiserError
 from .models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
 from .passes import (
     DECOMPOSITION_PASSES,
-    EMITTED_PASSES,
     FEATURE_PASSES,
-    OPTIONAL_PASSES,
+    PASSES_USED_WHEN_PRESENT,
     decompose,
     missing_passes,
     missing_passes_hint,
@@ -96,7 +95,7 @@ class Denoiser:
                                 "which Blender does not render; choose another model")
         # The optional passes must reach decompose() as they did at training time (pack.py decomposes
         # every pass), or volume light would silently drop into the untouched residual.
-        wanted = (*self.required_passes, *OPTIONAL_PASSES, *EMITTED_PASSES, *VARIANCE_INPUTS)
+        wanted = (*self.required_passes, *PASSES_USED_WHEN_PRESENT, *VARIANCE_INPUTS)
         used = {name: _hwc(passes[name]) for name in wanted if name in passes}
         if "noisy_image" in passes:
             used["combined"] = _hwc(passes["noisy_image"])

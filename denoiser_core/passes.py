@@ -77,6 +77,9 @@ OPTIONAL_PASSES = ("volume_direct", "volume_indirect")
 # of the residual (the per-sample colour covariance, see the module docstring) into the diffuse light.
 EMITTED_PASSES = ("emission", "environment")
 FOLD_MIN_COLOR = 0.02   # below this DiffCol the division would amplify noise; the residual keeps it
+# Every pass decompose() uses when present, beyond the required ones: inference forwards exactly these and
+# the add-on enables them, so a pass added to decompose() reaches both.
+PASSES_USED_WHEN_PRESENT = (*OPTIONAL_PASSES, *EMITTED_PASSES)
 FEATURE_PASSES = ("denoising_albedo", "denoising_normal", "denoising_depth")
 
 _LAYER_NAME_TO_CANONICAL = {}

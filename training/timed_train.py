@@ -14,6 +14,7 @@ inside the budget, and the run folder's config.json records the steps chosen. Th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -23,17 +24,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import apply_override, config_from_dict, load_config
+from training.config import load_config
 from training.train import train
 
 SAFETY = 0.9  # share of the remaining budget planned for steps: the rest absorbs validation and saving
 
 
 def with_train(config, **values):
-    raw = config.to_dict()
-    for key, value in values.items():
-        raw = apply_override(raw, f"train.{key}={value}")
-    return config_from_dict(raw)
+    """``config`` with these ``train`` section values replaced."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **values))
 
 
 def seconds_per_step(config, probe_steps: int) -> float:

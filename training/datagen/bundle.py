@@ -15,7 +15,6 @@ half-written bundle fails to open instead of unpacking part of a view.
 
 from __future__ import annotations
 
-import io
 import json
 import lzma
 import os
@@ -24,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from training.datagen.pack import save_atomic
 
 # Mantissa bits kept of fp16's 10: references keep more (they are the targets), the per-pixel noise
 # estimates fewer (they are noise themselves).
@@ -167,24 +168,10 @@ def extract_bundle(bundle_path: Path, out: Path) -> dict:
                         raise ValueError(f"bundle shard name {shard['file']!r} is not a plain file name")
                     array = decode_shard(bundle.read(f"{folder_name}/{shard['file']}.xz"),
                                          shapes[shard["file"]])
-                    _write_atomic(_inside(folder, shard["file"]), _npy_bytes(array))
-                _write_atomic(folder / "index.json", json.dumps(index).encode())
+                    save_atomic(_inside(folder, shard["file"]), lambda f, a=array: np.save(f, a))
+                save_atomic(folder / "index.json", lambda f, i=index: f.write(json.dumps(i).encode()))
                 stats[folder.name] = len(index["shards"])
     except (KeyError, lzma.LZMAError, json.JSONDecodeError, zipfile.BadZipFile) as error:
         raise ValueError(f"{bundle_path}: damaged bundle ({type(error).__name__}: {error})") from None
     return stats
 
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(path.name + ".part")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

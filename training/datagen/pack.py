@@ -125,10 +125,14 @@ def load_index(folder: Path, patch: int | None, denoise_residual: bool = False) 
 
 
 def save_atomic(path: Path, write) -> None:
+    """``write(f)`` to a temporary file, then rename it to ``path``; removed again if writing fails."""
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
