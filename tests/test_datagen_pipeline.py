@@ -56,6 +56,20 @@ def test_validation_seeds_never_overlap_training():
     assert not {i["scene_seed"] for i in train} & {i["scene_seed"] for i in val}
 
 
+def test_kinds_are_given_in_turn_and_reach_the_scene(tmp_path):
+    settings = plan.Settings(split="test", views=4, first=1, kinds=("interior", "caustics"))
+    items = plan.plan_items(settings)
+    assert [item["kind"] for item in items] == ["caustics", "interior", "caustics", "interior"]
+    for item in items:
+        scene = plan.build_job(item, tmp_path, threads=1)["scene"]
+        assert scene["kind"] == item["kind"]
+        assert scene == make_scene(item["scene_seed"], (128, 128), item["kind"])
+    # without kinds the seed draws one, as before: the same scene as make_scene(seed)
+    item = plan.plan_items(plan.Settings(split="test", views=1))[0]
+    assert "kind" not in item
+    assert plan.build_job(item, tmp_path, threads=1)["scene"] == make_scene(item["scene_seed"], (128, 128))
+
+
 def test_interrupted_run_resumes_without_redoing_work(tiny_run, tmp_path, datagen_cli, tiny_args):
     root = tmp_path / "resume"
     root.mkdir()

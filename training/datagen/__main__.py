@@ -2,6 +2,8 @@
 
     python -m training.datagen render --out data --split train --views 300        # procedural views
     python -m training.datagen render --out data --split val --views 6 --resolution 256 256 --ref-spp 4096
+    python -m training.datagen render --out data/test384 --split test --first 102 --views 6 --resolution 384 256 \
+        --ref-spp 1024 --kinds studio closeup exterior interior volume caustics     # one view of each kind
     python -m training.datagen render --out data --blend scenes/*.blend --views 20 --frames 1 10 20
     python -m training.datagen pack --out data --split train                        # incremental
     python -m training.datagen summary --out data --docs docs                       # stats + contact sheet
@@ -16,6 +18,8 @@ import logging
 import sys
 import zipfile
 from pathlib import Path
+
+from training.datagen.scenes import KINDS
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -45,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N: render every N-th view")
     r.add_argument("--blend", nargs="+", default=[], help="user .blend files instead of procedural scenes")
     r.add_argument("--frames", type=int, nargs="+", default=[], help="frames to pick from (--blend)")
+    r.add_argument("--kinds", nargs="+", default=[], choices=KINDS, metavar="KIND",
+                   help=f"procedural scene kinds in turn, one per view ({', '.join(KINDS)}); "
+                        "default: drawn from each view's seed")
     r.add_argument("--python", default=None, help="interpreter with pip bpy (default: this one)")
     r.add_argument("--log", type=Path, default=None, help="log file (default: OUT/datagen.log)")
     p = sub.add_parser("pack", help="pack finished views into fp16 patch shards (incremental)")
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = plan.Settings(split=args.split, views=args.views, first=args.first,
                                  resolution=tuple(args.resolution), spp=tuple(args.spp),
                                  ref_spp=args.ref_spp, threads=args.threads, blends=args.blend,
-                                 frames=args.frames)
+                                 frames=args.frames, kinds=tuple(args.kinds))
         generate.run(settings, args.out, jobs=args.jobs, shard=args.shard, python=args.python)
         return 0
     if args.command == "pack":

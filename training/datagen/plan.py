@@ -35,6 +35,7 @@ class Settings:
     max_bounces: int = 12
     blends: list[str] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()  # procedural kinds in turn (view i gets kinds[i % len]); empty: drawn by seed
 
 
 def render_seeds(scene_seed: int, spp: tuple[int, ...]) -> dict[str, int]:
@@ -76,6 +77,8 @@ def plan_items(settings: Settings) -> list[dict]:
                                        "lens_scale": round(rng.uniform(0.9, 1.1), 4)})
         else:
             item.update(scene_seed=base + i)
+            if settings.kinds:
+                item["kind"] = settings.kinds[i % len(settings.kinds)]
         items.append(item)
     return items
 
@@ -96,7 +99,7 @@ def build_job(item: dict, out_root: Path, threads: int, max_bounces: int = 12) -
         if item.get("frame") is not None:
             job["frame"] = item["frame"]
     else:
-        job["scene"] = make_scene(item["scene_seed"], tuple(item["resolution"]))
+        job["scene"] = make_scene(item["scene_seed"], tuple(item["resolution"]), item.get("kind"))
     return job
 
 
