@@ -2,8 +2,8 @@
 
     python -m training.datagen render --out data --split train --views 300        # procedural views
     python -m training.datagen render --out data --split val --views 6 --resolution 256 256 --ref-spp 4096
-    python -m training.datagen render --out data/test384 --split test --first 102 --views 6 --resolution 384 256 \
-        --ref-spp 1024 --kinds studio closeup exterior interior volume caustics     # one view of each kind
+    python -m training.datagen render --out data/test384 --split test --first 102 --views 6 \
+        --resolution 384 256 --ref-spp 1024 --kinds studio closeup exterior interior volume caustics
     python -m training.datagen render --out data --blend scenes/*.blend --views 20 --frames 1 10 20
     python -m training.datagen pack --out data --split train                        # incremental
     python -m training.datagen summary --out data --docs docs                       # stats + contact sheet
