@@ -70,6 +70,17 @@ def test_kinds_are_given_in_turn_and_reach_the_scene(tmp_path):
     assert plan.build_job(item, tmp_path, threads=1)["scene"] == make_scene(item["scene_seed"], (128, 128))
 
 
+def test_kinds_with_user_blends_is_refused(tmp_path, capsys):
+    from training.datagen.__main__ import main as datagen_main
+
+    blend = tmp_path / "user.blend"
+    blend.write_bytes(b"BLENDER")  # exists; the refusal comes before any render
+    out = tmp_path / "out"
+    assert datagen_main(["render", "--out", str(out), "--blend", str(blend), "--kinds", "studio"]) == 2
+    assert "--kinds" in capsys.readouterr().err
+    assert not out.exists()  # refused before the output folder or its log was made
+
+
 def test_interrupted_run_resumes_without_redoing_work(tiny_run, tmp_path, datagen_cli, tiny_args):
     root = tmp_path / "resume"
     root.mkdir()

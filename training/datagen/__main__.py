@@ -86,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "render":
         from training.datagen import generate, plan
 
-        args.out.mkdir(parents=True, exist_ok=True)
-        logging.basicConfig(filename=args.log or args.out / "datagen.log", level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(message)s")
+        # every check before the output folder and its log exist: a refused command leaves nothing behind
         for path in args.blend:
             if not Path(path).is_file():
                 print(f"error: no such .blend file: {path}", file=sys.stderr)
                 return 2
+        if args.kinds and args.blend:
+            print("error: --kinds picks procedural scenes and cannot be combined with --blend",
+                  file=sys.stderr)
+            return 2
         if any(n % 2 for n in args.spp):
             print("error: --spp values must be even (each is rendered as two halves)", file=sys.stderr)
             return 2
+        args.out.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=args.log or args.out / "datagen.log", level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(message)s")
         settings = plan.Settings(split=args.split, views=args.views, first=args.first,
                                  resolution=tuple(args.resolution), spp=tuple(args.spp),
                                  ref_spp=args.ref_spp, threads=args.threads, blends=args.blend,
