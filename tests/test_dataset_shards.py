@@ -257,3 +257,37 @@ def test_packing_onto_a_folder_of_the_older_decomposition_is_refused(packed, tmp
     index_path.write_text(json.dumps({**index, "version": 1}))
     with pytest.raises(ValueError, match="older decomposition"):
         pack.pack_split(copy, "train", patch=32, max_firefly_fraction=1.0)
+
+
+def test_views_of_two_sizes_train_together_in_one_size_batches(packed, tmp_path):
+    from training.config import config_from_dict
+    from training.datasets import batch_stream, build_datasets, epoch_batches
+
+    root, _stats = packed
+    work = tmp_path / "sizes"
+    shutil.copytree(root, work)
+    pack.pack_split(work, "train", patch=16, max_firefly_fraction=1.0)  # train-p16 next to train-p32
+    paths = [str(work / "packed" / "train-p32"), str(work / "packed" / "train-p16")]
+    config = config_from_dict({"data": {"kind": "shards", "train": paths, "patch_size": 32, "batch_size": 2,
+                                        "workers": 0}})
+    strict = build_datasets(config)[0]
+    with pytest.raises(ValueError, match="patch_size 32 is larger than the stored patches"):
+        strict[len(strict) - 1]  # the last sample is a 16-px one
+    config.data.options = {"whole_smaller_views": True}
+    dataset = build_datasets(config)[0]
+    sizes = [dataset.crop_size(i) for i in range(len(dataset))]
+    assert set(sizes) == {16, 32}
+    batches = epoch_batches(dataset, config, epoch=0)
+    for batch in batches:  # one size a batch, about 2 x 32² pixels: 2 crops of 32 or 8 views of 16
+        assert len({sizes[i] for i in batch}) == 1 and len(batch) == (2 if sizes[batch[0]] == 32 else 8)
+    assert sum(map(len, batches)) >= len(dataset) - 2 - 8 and len({i for b in batches for i in b}) == sum(
+        map(len, batches))
+    assert epoch_batches(dataset, config, epoch=1) != batches  # reshuffled every epoch
+    halves = [epoch_batches(dataset, config, 0, rank, 2) for rank in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) and not {i for b in halves[0] for i in b} & {
+        i for b in halves[1] for i in b}
+    stream = batch_stream(dataset, config, 0, 1, 0, torch.device("cpu"))
+    seen = {tuple(next(stream)["diffuse"].shape) for _ in range(2 * len(batches))}
+    assert seen == {(2, 3, 32, 32), (8, 3, 16, 16)}
+    resumed = batch_stream(dataset, config, 0, 1, 3, torch.device("cpu"))  # resume skips the first 3
+    assert next(resumed)["diffuse"].shape[0] == len(batches[3])

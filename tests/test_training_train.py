@@ -127,6 +127,17 @@ def test_validation_curve_is_logged_across_resume_and_reported(tmp_path):
     assert "| kprcn | residual blocks | | not run |" in table
 
 
+def test_validation_that_reads_only_part_of_the_set_says_so(tmp_path, capsys):
+    config = tiny_config("kpcn", ["train.steps=2", "train.val_interval=2"])  # reads 2 batches of 4
+    train_set = SyntheticDataset(16, config.data.patch_size, seed=0)
+    val_set = SyntheticDataset(12, config.data.patch_size, seed=1)
+    train(config, tmp_path / "part", train_set=train_set, val_set=val_set, progress=False)
+    assert "validation reads 8 of 12 images" in capsys.readouterr().err
+    config = tiny_config("kpcn", ["train.steps=2", "train.val_interval=2", "data.val_batches=3"])
+    train(config, tmp_path / "all", train_set=train_set, val_set=val_set, progress=False)
+    assert "validation reads" not in capsys.readouterr().err
+
+
 def test_timed_train_plans_the_steps_from_a_probe_and_records_them(tmp_path):
     from training.timed_train import plan_steps
 

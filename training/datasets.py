@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections import defaultdict
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
@@ -46,6 +48,9 @@ def batch_stream(dataset, config: Config, rank: int, world: int, start_step: int
     processes (DistributedSampler; each process takes its share); on resume the epoch continues from
     where ``start_step`` falls. Iterable datasets must split themselves between workers and ranks."""
     d = config.data
+    if getattr(dataset, "whole_smaller_views", False):
+        yield from _one_size_batches(dataset, config, rank, world, start_step, device)
+        return
     loader_args = dict(batch_size=d.batch_size, num_workers=d.workers, drop_last=True,
                        pin_memory=device.type == "cuda", persistent_workers=False)
     if isinstance(dataset, IterableDataset):
@@ -64,4 +69,38 @@ def batch_stream(dataset, config: Config, rank: int, world: int, start_step: int
         # on resume: the rest of the epoch, without loading the skipped samples
         indices = list(sampler)[skip * d.batch_size:]
         yield from DataLoader(dataset, sampler=indices, **loader_args)
+        epoch, skip = epoch + 1, 0
+
+
+def epoch_batches(dataset, config: Config, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """One epoch of index batches for a dataset whose samples differ in size (``crop_size``): each batch
+    holds one size, and as many samples as keep it near ``batch_size`` x ``patch_size``² pixels (a batch
+    of 128-px views is 4x the count of a batch of 256-px crops), so every step costs about the same. The
+    batches are shuffled together; every process gets the same number."""
+    d = config.data
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for index in range(len(dataset)):
+        by_size[dataset.crop_size(index)].append(index)
+    budget = d.batch_size * (d.patch_size or max(by_size)) ** 2
+    rng = np.random.default_rng([config.train.seed, epoch])
+    batches = []
+    for size, indices in sorted(by_size.items()):
+        count = max(1, round(budget / size**2))
+        order = rng.permutation(indices).tolist()
+        batches += [order[k:k + count] for k in range(0, len(order) - count + 1, count)]
+    batches = [batches[k] for k in rng.permutation(len(batches))]
+    return batches[rank:len(batches) // world * world:world]
+
+
+def _one_size_batches(dataset, config: Config, rank: int, world: int, start_step: int, device: torch.device):
+    per_epoch = len(epoch_batches(dataset, config, 0, rank, world))
+    if per_epoch == 0:
+        raise ValueError(f"dataset of {len(dataset)} samples is smaller than one batch on every process")
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        batches = epoch_batches(dataset, config, epoch, rank, world)[skip:]
+        yield from DataLoader(dataset, batch_sampler=batches, num_workers=config.data.workers,
+                              pin_memory=device.type == "cuda", persistent_workers=False)
         epoch, skip = epoch + 1, 0

@@ -113,6 +113,12 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
         write_json(run.config_path, config.to_dict())
     if train_set is None:
         train_set, val_set = build_datasets(config)
+    read = config.data.val_batches * config.data.batch_size
+    if rank == 0 and val_set is not None and hasattr(val_set, "__len__") and read < len(val_set):
+        # the validation curve is comparable only between runs that read the same images
+        print(f"train: validation reads {read} of {len(val_set)} images (data.val_batches x data.batch_size);"
+              f" raise data.val_batches to {math.ceil(len(val_set) / config.data.batch_size)} to read all",
+              file=sys.stderr)
     torch.manual_seed(config.train.seed)
     graph = build_graph(config).to(device)
     resume = run.load_state("latest") if run.has("latest") else None

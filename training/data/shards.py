@@ -75,6 +75,9 @@ class ShardDataset(torch.utils.data.Dataset):
 
     ``paths``: packed folders (searched for index.json), index.json files, or a list of them.
     ``patch_size``: crop size (<= stored patch size; None = the stored size).
+    ``whole_smaller_views``: views smaller than ``patch_size`` are taken whole (a centred square of their
+    shorter side) instead of refused, so 128- and 256-px views train together; samples then differ in
+    size, and ``training.datasets.batch_stream`` batches each size apart (``crop_size``).
     ``spp``: keep only these noisy sample counts. ``augment``: see module docstring; without it the
     crop is centred and nothing else changes. ``seed``: base of the per-sample augmentation RNG (each
     sample's RNG is seeded by (seed, epoch, index); call ``set_epoch`` to vary it between epochs).
@@ -82,7 +85,8 @@ class ShardDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths, patch_size: int | None = 64, augment: bool = True,
-                 spp: list[int] | tuple[int, ...] | None = None, seed: int = 0):
+                 spp: list[int] | tuple[int, ...] | None = None, seed: int = 0,
+                 whole_smaller_views: bool = False):
         self.entries: list[tuple[Path, int, dict]] = []
         self.channels: list[tuple[str, int]] | None = None
         self.denoise_residual: bool | None = None  # how the specular buffer was packed (pack.py)
@@ -103,6 +107,7 @@ class ShardDataset(torch.utils.data.Dataset):
         if not self.entries:
             raise ValueError("no patches found (wrong path or spp filter?)")
         self.patch_size, self.augment, self.seed, self.epoch = patch_size, augment, seed, 0
+        self.whole_smaller_views = whole_smaller_views
         self.dropped_nonfinite = 0
         self._arrays: dict[Path, np.ndarray] = {}
 
@@ -124,9 +129,19 @@ class ShardDataset(torch.utils.data.Dataset):
     def meta(self, i: int) -> dict:
         return self.entries[i][2]
 
+    def crop_size(self, i: int) -> int:
+        """Side of sample ``i``'s square crop (reads only the shard's header)."""
+        path, _row, _meta = self.entries[i]
+        h, w = self._array(path).shape[-2:]
+        if self.patch_size is None or (self.whole_smaller_views and self.patch_size > min(h, w)):
+            return min(h, w)
+        return self.patch_size
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         for attempt in range(len(self)):
             j = (i + attempt) % len(self)
+            if self.crop_size(j) != self.crop_size(i):  # a stand-in must fit the batch it joins
+                continue
             data = self.raw(j)
             if np.isfinite(data).all():
                 return self._sample(data, np.random.default_rng([self.seed, self.epoch, j]))
@@ -136,6 +151,8 @@ class ShardDataset(torch.utils.data.Dataset):
     def _sample(self, data: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         _c, h, w = data.shape
         size = self.patch_size or min(h, w)
+        if self.whole_smaller_views:
+            size = min(size, h, w)
         if size > min(h, w):
             raise ValueError(f"patch_size {size} is larger than the stored patches ({h}x{w})")
         if self.augment:
