@@ -289,5 +289,23 @@ def test_views_of_two_sizes_train_together_in_one_size_batches(packed, tmp_path)
     stream = batch_stream(dataset, config, 0, 1, 0, torch.device("cpu"))
     seen = {tuple(next(stream)["diffuse"].shape) for _ in range(2 * len(batches))}
     assert seen == {(2, 3, 32, 32), (8, 3, 16, 16)}
+    def expected(epoch, batch):  # samples are deterministic in (seed, epoch, index)
+        dataset.set_epoch(epoch)
+        return torch.stack([dataset[i]["diffuse"] for i in batch])
+
     resumed = batch_stream(dataset, config, 0, 1, 3, torch.device("cpu"))  # resume skips the first 3
-    assert next(resumed)["diffuse"].shape[0] == len(batches[3])
+    assert torch.equal(next(resumed)["diffuse"], expected(0, batches[3]))
+    later = batch_stream(dataset, config, 0, 1, len(batches) + 1, torch.device("cpu"))  # into epoch 1
+    assert torch.equal(next(later)["diffuse"], expected(1, epoch_batches(dataset, config, epoch=1)[1]))
+
+    # a non-finite sample is replaced by one of its own size, or the batch could not be stacked
+    small = len(sizes) - 1  # the last sample: a 16-px one whose next neighbour (wrapping) is 32-px
+    assert sizes[small] == 16 and sizes[0] == 32
+    path, row, _meta = dataset.entries[small]
+    stored = np.load(path)
+    stored[row, 0, 0, 0] = np.inf
+    np.save(path, stored)
+    fresh = build_datasets(config)[0]
+    stand_in = fresh[small]
+    assert fresh.dropped_nonfinite == 1 and stand_in["diffuse"].shape[-1] == 16
+    assert torch.isfinite(stand_in["diffuse"]).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -46,7 +47,8 @@ def build_datasets(config: Config) -> tuple[torch.utils.data.Dataset, torch.util
 def batch_stream(dataset, config: Config, rank: int, world: int, start_step: int, device: torch.device):
     """Endless batches for this process. Map-style datasets are shuffled per epoch and split between
     processes (DistributedSampler; each process takes its share); on resume the epoch continues from
-    where ``start_step`` falls. Iterable datasets must split themselves between workers and ranks."""
+    where ``start_step`` falls. Iterable datasets must split themselves between workers and ranks. A dataset
+    with ``whole_smaller_views`` gets batches of one crop size each (``epoch_batches``)."""
     d = config.data
     if getattr(dataset, "whole_smaller_views", False):
         yield from _one_size_batches(dataset, config, rank, world, start_step, device)
@@ -85,7 +87,10 @@ def epoch_batches(dataset, config: Config, epoch: int, rank: int = 0, world: int
     rng = np.random.default_rng([config.train.seed, epoch])
     batches = []
     for size, indices in sorted(by_size.items()):
-        count = max(1, round(budget / size**2))
+        count = max(1, budget // size**2)
+        if len(indices) < count:
+            warnings.warn(f"{len(indices)} samples of {size} px are fewer than one batch ({count}): "
+                          "they are never trained on", stacklevel=2)
         order = rng.permutation(indices).tolist()
         batches += [order[k:k + count] for k in range(0, len(order) - count + 1, count)]
     batches = [batches[k] for k in rng.permutation(len(batches))]
@@ -93,6 +98,8 @@ def epoch_batches(dataset, config: Config, epoch: int, rank: int = 0, world: int
 
 
 def _one_size_batches(dataset, config: Config, rank: int, world: int, start_step: int, device: torch.device):
+    """``batch_stream`` for datasets whose samples differ in size; every epoch has the same number of
+    batches, so a resumed run skips exactly the batches it has trained on."""
     per_epoch = len(epoch_batches(dataset, config, 0, rank, world))
     if per_epoch == 0:
         raise ValueError(f"dataset of {len(dataset)} samples is smaller than one batch on every process")

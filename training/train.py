@@ -181,7 +181,7 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
         step += 1
-        patches += config.data.batch_size * world
+        patches += len(batch["diffuse"]) * world  # whole_smaller_views batches vary in count
         bar.update(1)
         if writer and (step % config.train.log_interval == 0 or step == total):
             elapsed = time.perf_counter() - clock

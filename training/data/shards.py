@@ -75,8 +75,8 @@ class ShardDataset(torch.utils.data.Dataset):
 
     ``paths``: packed folders (searched for index.json), index.json files, or a list of them.
     ``patch_size``: crop size (<= stored patch size; None = the stored size).
-    ``whole_smaller_views``: views smaller than ``patch_size`` are taken whole (a centred square of their
-    shorter side) instead of refused, so 128- and 256-px views train together; samples then differ in
+    ``whole_smaller_views``: views smaller than ``patch_size`` are taken whole (a square of their shorter
+    side) instead of refused, so 128- and 256-px views train together; samples then differ in
     size, and ``training.datasets.batch_stream`` batches each size apart (``crop_size``).
     ``spp``: keep only these noisy sample counts. ``augment``: see module docstring; without it the
     crop is centred and nothing else changes. ``seed``: base of the per-sample augmentation RNG (each
@@ -146,7 +146,7 @@ class ShardDataset(torch.utils.data.Dataset):
             if np.isfinite(data).all():
                 return self._sample(data, np.random.default_rng([self.seed, self.epoch, j]))
             self.dropped_nonfinite += 1
-        raise RuntimeError("every patch in the dataset has non-finite values")
+        raise RuntimeError("every patch of this crop size in the dataset has non-finite values")
 
     def _sample(self, data: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         _c, h, w = data.shape
