@@ -132,7 +132,9 @@ class ShardDataset(torch.utils.data.Dataset):
     def crop_size(self, i: int) -> int:
         """Side of sample ``i``'s square crop (reads only the shard's header)."""
         path, _row, _meta = self.entries[i]
-        h, w = self._array(path).shape[-2:]
+        return self._side(*self._array(path).shape[-2:])
+
+    def _side(self, h: int, w: int) -> int:
         if self.patch_size is None or (self.whole_smaller_views and self.patch_size > min(h, w)):
             return min(h, w)
         return self.patch_size
@@ -150,9 +152,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def _sample(self, data: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         _c, h, w = data.shape
-        size = self.patch_size or min(h, w)
-        if self.whole_smaller_views:
-            size = min(size, h, w)
+        size = self._side(h, w)
         if size > min(h, w):
             raise ValueError(f"patch_size {size} is larger than the stored patches ({h}x{w})")
         if self.augment:
