@@ -259,15 +259,18 @@ def test_packing_onto_a_folder_of_the_older_decomposition_is_refused(packed, tmp
         pack.pack_split(copy, "train", patch=32, max_firefly_fraction=1.0)
 
 
+def two_size_packs(root, work):
+    """A copy of the packed run with 16-px patches next to the 32-px ones: views of two sizes."""
+    shutil.copytree(root, work)
+    pack.pack_split(work, "train", patch=16, max_firefly_fraction=1.0)
+    return [work / "packed" / "train-p32", work / "packed" / "train-p16"]
+
+
 def test_views_of_two_sizes_train_together_in_one_size_batches(packed, tmp_path):
     from training.config import config_from_dict
     from training.datasets import batch_stream, build_datasets, epoch_batches
 
-    root, _stats = packed
-    work = tmp_path / "sizes"
-    shutil.copytree(root, work)
-    pack.pack_split(work, "train", patch=16, max_firefly_fraction=1.0)  # train-p16 next to train-p32
-    paths = [str(work / "packed" / "train-p32"), str(work / "packed" / "train-p16")]
+    paths = [str(path) for path in two_size_packs(packed[0], tmp_path / "sizes")]
     config = config_from_dict({"data": {"kind": "shards", "train": paths, "patch_size": 32, "batch_size": 2,
                                         "workers": 0}})
     strict = build_datasets(config)[0]
@@ -309,3 +312,24 @@ def test_views_of_two_sizes_train_together_in_one_size_batches(packed, tmp_path)
     stand_in = fresh[small]
     assert fresh.dropped_nonfinite == 1 and stand_in["diffuse"].shape[-1] == 16
     assert torch.isfinite(stand_in["diffuse"]).all()
+
+
+def test_validation_reads_views_of_two_sizes(packed, tmp_path):
+    import math
+
+    from tests.training_helpers import tiny_config
+    from training.datasets import validation_batches
+    from training.synthetic import SyntheticDataset
+    from training.train import train
+
+    val_set = ShardDataset(two_size_packs(packed[0], tmp_path / "sizes"), patch_size=None, augment=False)
+    batches = validation_batches(val_set, 3)  # 8 samples of 32 px: in order, the third batch would mix
+    assert sorted(i for batch in batches for i in batch) == list(range(len(val_set)))
+    assert {len({val_set.crop_size(i) for i in batch}) for batch in batches} == {1}
+    assert {val_set.crop_size(batch[0]) for batch in batches} == {16, 32}
+    overrides = ["train.steps=1", "train.val_interval=1", "data.batch_size=3",
+                 f"data.val_batches={len(batches)}"]
+    config = tiny_config("kpcn", overrides)
+    train_set = SyntheticDataset(8, config.data.patch_size, seed=0)
+    result = train(config, tmp_path / "run", train_set=train_set, val_set=val_set, progress=False)
+    assert math.isfinite(result["best_psnr"])

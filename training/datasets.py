@@ -111,3 +111,16 @@ def _one_size_batches(dataset, config: Config, rank: int, world: int, start_step
         yield from DataLoader(dataset, batch_sampler=batches, num_workers=config.data.workers,
                               pin_memory=device.type == "cuda", persistent_workers=False)
         epoch, skip = epoch + 1, 0
+
+
+def validation_batches(dataset, batch_size: int, limit: int | None = None) -> list[list[int]]:
+    """The first ``limit`` index batches of a validation set, in order; a set whose samples differ in
+    size (``crop_size``: 128x96 and 256x256 views together) is batched size by size, or it could not
+    be stacked."""
+    size_of = getattr(dataset, "crop_size", lambda _index: 0)
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for index in range(len(dataset)):
+        by_size[size_of(index)].append(index)
+    batches = [group[k:k + batch_size] for group in by_size.values()
+               for k in range(0, len(group), batch_size)]
+    return batches[:limit]

@@ -31,7 +31,7 @@ from torch import nn
 
 from training.checkpoint import RunFolder, load_weights, write_json
 from training.config import Config, apply_override, config_from_dict, load_config, load_config_json
-from training.datasets import batch_stream, build_datasets
+from training.datasets import batch_stream, build_datasets, validation_batches
 from training.graph import build_graph
 from training.losses import POINTWISE, DenoiseLoss, psnr, recombine, stage_loss, tonemap
 from training.optim import build_optimizer, build_scheduler, stage_at, stage_bounds
@@ -78,10 +78,8 @@ def validate(graph: nn.Module, dataset, config: Config, device: torch.device) ->
     with different losses compare): ``l1`` of the tonemapped images and ``relmse`` in HDR."""
     graph.eval()
     scores: dict[str, list[torch.Tensor]] = {key: [] for key in VAL_KEYS}
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.data.batch_size)
-    for index, batch in enumerate(loader):
-        if index >= config.data.val_batches:
-            break
+    batches = validation_batches(dataset, config.data.batch_size, config.data.val_batches)
+    for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches):
         batch = {k: v.to(device).float() for k, v in batch.items()}
         out = graph.denoise(batch)
         reference = recombine(batch["diffuse_color"], batch["diffuse_reference"], batch["specular_reference"])
@@ -113,12 +111,12 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
         write_json(run.config_path, config.to_dict())
     if train_set is None:
         train_set, val_set = build_datasets(config)
-    read = config.data.val_batches * config.data.batch_size
-    if rank == 0 and val_set is not None and hasattr(val_set, "__len__") and read < len(val_set):
-        # the validation curve is comparable only between runs that read the same images
-        print(f"train: validation reads {read} of {len(val_set)} images (data.val_batches x data.batch_size);"
-              f" raise data.val_batches to {math.ceil(len(val_set) / config.data.batch_size)} to read all",
-              file=sys.stderr)
+    if rank == 0 and val_set is not None:
+        read = sum(map(len, validation_batches(val_set, config.data.batch_size, config.data.val_batches)))
+        if read < len(val_set):  # validation curves compare only between runs that read the same images
+            needed = len(validation_batches(val_set, config.data.batch_size))
+            print(f"train: validation reads {read} of {len(val_set)} images (data.val_batches batches of "
+                  f"data.batch_size); raise data.val_batches to {needed} to read all", file=sys.stderr)
     torch.manual_seed(config.train.seed)
     graph = build_graph(config).to(device)
     resume = run.load_state("latest") if run.has("latest") else None
