@@ -74,15 +74,22 @@ def batch_stream(dataset, config: Config, rank: int, world: int, start_step: int
         epoch, skip = epoch + 1, 0
 
 
+def indices_by_size(dataset) -> dict[int, list[int]]:
+    """Sample indices grouped by crop side, in order (one group when samples have no ``crop_size``)."""
+    size_of = getattr(dataset, "crop_size", lambda _index: 0)
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for index in range(len(dataset)):
+        by_size[size_of(index)].append(index)
+    return by_size
+
+
 def epoch_batches(dataset, config: Config, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """One epoch of index batches for a dataset whose samples differ in size (``crop_size``): each batch
     holds one size, and as many samples as keep it near ``batch_size`` x ``patch_size``² pixels (a batch
     of 128-px views is 4x the count of a batch of 256-px crops), so every step costs about the same. The
     batches are shuffled together; every process gets the same number."""
     d = config.data
-    by_size: dict[int, list[int]] = defaultdict(list)
-    for index in range(len(dataset)):
-        by_size[dataset.crop_size(index)].append(index)
+    by_size = indices_by_size(dataset)
     budget = d.batch_size * (d.patch_size or max(by_size)) ** 2
     rng = np.random.default_rng([config.train.seed, epoch])
     batches = []
@@ -117,10 +124,6 @@ def validation_batches(dataset, batch_size: int, limit: int | None = None) -> li
     """The first ``limit`` index batches of a validation set, in order; a set whose samples differ in
     size (``crop_size``: 128x96 and 256x256 views together) is batched size by size, or it could not
     be stacked."""
-    size_of = getattr(dataset, "crop_size", lambda _index: 0)
-    by_size: dict[int, list[int]] = defaultdict(list)
-    for index in range(len(dataset)):
-        by_size[size_of(index)].append(index)
-    batches = [group[k:k + batch_size] for group in by_size.values()
+    batches = [group[k:k + batch_size] for group in indices_by_size(dataset).values()
                for k in range(0, len(group), batch_size)]
     return batches[:limit]

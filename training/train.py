@@ -112,11 +112,11 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
     if train_set is None:
         train_set, val_set = build_datasets(config)
     if rank == 0 and val_set is not None:
-        read = sum(map(len, validation_batches(val_set, config.data.batch_size, config.data.val_batches)))
+        batches = validation_batches(val_set, config.data.batch_size)
+        read = sum(map(len, batches[:config.data.val_batches]))
         if read < len(val_set):  # validation curves compare only between runs that read the same images
-            needed = len(validation_batches(val_set, config.data.batch_size))
             print(f"train: validation reads {read} of {len(val_set)} images (data.val_batches batches of "
-                  f"data.batch_size); raise data.val_batches to {needed} to read all", file=sys.stderr)
+                  f"data.batch_size); raise data.val_batches to {len(batches)} to read all", file=sys.stderr)
     torch.manual_seed(config.train.seed)
     graph = build_graph(config).to(device)
     resume = run.load_state("latest") if run.has("latest") else None
