@@ -14,9 +14,9 @@ from training.archs import ARCH_REGISTRY, build_arch
 from training.archs.blocks import GLOBAL_POOL_RADIUS, ChannelAttention
 from training.archs.kernels import _apply_unfolded, apply_kernels
 from training.archs.summary import example_inputs, flops_per_megapixel, measured_receptive_radius
-from training.config import LossConfig, load_config
+from training.config import LossConfig, load_config, load_config_json
 from training.graph import build_graph
-from training.losses import DenoiseLoss, tonemap
+from training.losses import DenoiseLoss, stage_loss, tonemap
 
 
 def test_registry_names_every_architecture_and_rejects_unknown_arguments():
@@ -161,3 +161,27 @@ def test_every_shipped_config_is_valid(path):
     assert config.train.steps > 0 and config.model["type"]
     if config.data.denoise_residual:  # trains on the -r shards make_dataset.sh packs for it
         assert all(folder.endswith("-r") for folder in config.data.train + config.data.val)
+
+
+def test_tonemapped_component_loss_trains_bright_diffuse_light():
+    """A sun-lit floor: diffuse light 1.5 (irradiance above 1) on albedo 0.3 is displayed at 0.45. The
+    component stage must see that contribution, not the light clamped at 1: a prediction of 2.0 then
+    costs something and gets a gradient."""
+    config = tiny_config("fast")  # loss.range: tonemapped
+    graph = build_graph(config)
+    shape = (1, 3, 8, 8)
+    diffuse = torch.full(shape, 2.0, requires_grad=True)
+    specular = torch.full(shape, 0.1, requires_grad=True)
+    outputs = {"diffuse": diffuse, "specular": specular,
+               "diffuse_space": graph.to_space("diffuse", diffuse),
+               "specular_space": graph.to_space("specular", specular)}
+    batch = {"diffuse_reference": torch.full(shape, 1.5), "specular_reference": torch.full(shape, 0.1),
+             "diffuse_color": torch.full(shape, 0.3)}
+    loss = stage_loss(DenoiseLoss(config.loss), graph, outputs, batch, "components")
+    loss.backward()
+    assert loss.item() > 0 and diffuse.grad.abs().min() > 0
+    # the shipped models' recipe (light clamped at 1) stays available, and its blind spot is real
+    light = tiny_config("fast", ["loss.tonemapped_diffuse=light"])
+    assert stage_loss(DenoiseLoss(light.loss), graph, outputs, batch, "components").item() == 0
+    # configs written before the option existed (the shipped models' .json) load with the new default
+    assert load_config_json(REPO / "models" / "fast.json").loss.tonemapped_diffuse == "contribution"

@@ -56,6 +56,9 @@ class LossConfig:
     range: str = "hdr"              # hdr (non-finite targets masked) | tonemapped
     tonemap: str = "srgb"           # for range tonemapped and validation PSNR: srgb | reinhard | log
     component_space: str = "filtering"   # component losses in the filtering space (KPCN) | linear
+    # tonemapped component losses see diffuse as its share of the beauty, diffuse_color * diffuse
+    # (contribution), or as demodulated light clamped at 1 (light: fast and quality were trained so)
+    tonemapped_diffuse: str = "contribution"
     weights: dict = field(default_factory=lambda: {"l1": 0.16, "ssim": 0.84})  # combined (Zhao et al.)
 
 
@@ -219,6 +222,8 @@ def validate(config: Config) -> None:
         (config.loss.range in ("hdr", "tonemapped"), "loss.range must be hdr or tonemapped"),
         (config.loss.tonemap in ("srgb", "reinhard", "log"), "loss.tonemap must be srgb, reinhard or log"),
         (config.loss.component_space in ("filtering", "linear"), "loss.component_space: filtering|linear"),
+        (config.loss.tonemapped_diffuse in ("contribution", "light"),
+         "loss.tonemapped_diffuse: contribution|light"),
         (config.optimizer.type in ("adam", "adamw"), "optimizer.type must be adam or adamw"),
         (config.schedule.type in ("none", "step", "plateau", "cosine"), "unknown schedule.type"),
         (all(s.target in ("components", "joint") for s in config.stages), "stage target: components|joint"),

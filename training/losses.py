@@ -14,6 +14,14 @@ Range the loss sees (``loss.range``):
 * ``tonemapped``: everything through ``tonemap`` first (``srgb`` = clamp to [0, 1] + sRGB curve, exactly
   what evaluation's PSNR/SSIM/FLIP see; ``reinhard`` = x / (1 + x); ``log`` = log1p(x) / log1p(64)),
   clamped to [0, 1].
+
+What is tonemapped in the component stage (``loss.tonemapped_diffuse``; also SSIM's input in ``hdr``):
+* ``contribution`` (default): each component's share of the beauty, ``diffuse_color * diffuse`` and
+  ``specular``, the values the display adds up. Demodulated diffuse light is often above 1 where the
+  image is not (irradiance 3 on albedo 0.3 is shown at 0.9); clamped as light, such pixels had no
+  gradient at all.
+* ``light``: the demodulated diffuse light itself, clamped at 1 (how the shipped fast and quality were
+  trained).
 """
 
 from __future__ import annotations
@@ -126,11 +134,13 @@ def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str
     total = 0
     for component in ("diffuse", "specular"):
         reference = batch[f"{component}_reference"]
+        shown = (outputs[component], reference)  # what tonemapping sees of this component
+        if component == "diffuse" and loss.config.tonemapped_diffuse == "contribution":
+            shown = (batch["diffuse_color"] * outputs[component], batch["diffuse_color"] * reference)
         if loss.config.component_space == "filtering":
-            total = total + loss(outputs[f"{component}_space"], graph.to_space(component, reference),
-                                 outputs[component], reference)
+            total = total + loss(outputs[f"{component}_space"], graph.to_space(component, reference), *shown)
         else:
-            total = total + loss(outputs[component], reference)
+            total = total + loss(outputs[component], reference, *shown)
     return total
 
 
