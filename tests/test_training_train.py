@@ -59,6 +59,21 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_nan_batch_leaves_batch_norm_statistics_as_they_were(tmp_path):
+    """fast normalises with BatchNorm, whose forward pass updates its running statistics: a skipped
+    batch must not leave NaN there (the exported model would output NaN everywhere)."""
+    config = tiny_config("fast", ["train.steps=8", "train.val_interval=1000"])
+    assert config.model["norm"] == "batch"
+    result = train(config, tmp_path / "run", train_set=PoisonedDataset(5), val_set=None, progress=False)
+    assert result["skipped"] == 1 and len(result["losses"]) == 7
+    from safetensors.torch import load_file
+    weights = load_file(str(RunFolder(tmp_path / "run").weights_path("latest")))
+    running = {name: w for name, w in weights.items() if "running_" in name or "num_batches" in name}
+    assert running and all(torch.isfinite(w.float()).all() for w in running.values())
+    # the skipped batch did not count: BatchNorm saw the 7 batches that trained
+    assert {int(w) for name, w in running.items() if "num_batches" in name} == {7}
+
+
 def test_resume_continues_the_step_count_and_the_stage(tmp_path):
     run_dir = tmp_path / "run"
     first = train(tiny_config("kpcn", ["train.steps=30", "train.checkpoint_interval=10"]), run_dir,

@@ -161,6 +161,8 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
                     scheduler.load_state_dict(resume["scheduler"])
             resume = None
         batch = {k: v.to(device, non_blocking=True).float() for k, v in next(stream).items()}
+        # the forward pass updates BatchNorm's running statistics: kept to restore if the batch is skipped
+        buffers = [buffer.clone() for buffer in graph.buffers()]
         loss = stage_loss(loss_fn, graph, model(batch), batch, stage.target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,6 +180,9 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
         else:
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, kept in zip(graph.buffers(), buffers, strict=True):
+                    buffer.copy_(kept)
         step += 1
         patches += len(batch["diffuse"]) * world  # whole_smaller_views batches vary in count
         bar.update(1)
