@@ -185,3 +185,34 @@ def test_tonemapped_component_loss_trains_bright_diffuse_light():
     assert stage_loss(DenoiseLoss(light.loss), graph, outputs, batch, "components").item() == 0
     # configs written before the option existed (the shipped models' .json) load with the new default
     assert load_config_json(REPO / "models" / "fast.json").loss.tonemapped_diffuse == "contribution"
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "kprcan", "n_groups": 1, "closing_conv": False, "tail_kernel_size": 1},  # kprcan_4block's shape
+    {"type": "kprcan", "n_groups": 2, "closing_conv": True},
+    {"type": "kprcn", "n_blocks": 2},
+], ids=["kprcan_no_closing_conv", "kprcan", "kprcn"])
+def test_residual_networks_pass_the_identity_once(spec):
+    """With every residual branch zeroed a residual network is its head and tail: the head's features
+    reach the tail once, not twice through a group skip and a long skip that add the same identity."""
+    torch.manual_seed(0)
+    extra = {"reduction": 4, "attention_window": 5} if spec["type"] == "kprcan" else {}
+    net = build_arch({**spec, "width": 8, "kernel_size": 3, "predict_kernel": 3, **extra}, 10).eval()
+    with torch.no_grad():
+        for parameter in net.body.parameters():
+            parameter.zero_()
+        features, color = torch.rand(1, 10, 12, 12), torch.rand(1, 3, 12, 12)
+        expected = apply_kernels(color, net.tail(net.head(features)), 3)
+        assert torch.allclose(net(features, color), expected, atol=1e-6)
+
+
+def test_direct_cnn_is_kpcn_layers_predicting_colour_without_a_skip():
+    """Bako et al.'s DPCN: KPCN's plain stack of convolutions whose last layer outputs the colour."""
+    torch.manual_seed(0)
+    net = build_arch({"type": "direct_cnn", "width": 8, "depth": 4, "kernel_size": 3}, 10).eval()
+    features = torch.rand(1, 10, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(net(features, torch.rand(1, 3, 12, 12)), net.tail(net.body(net.head(features))))
+    kpcn = build_arch({"type": "kpcn", "width": 8, "depth": 4, "kernel_size": 3, "predict_kernel": 3}, 10)
+    shapes = [p.shape for p in net.parameters()]
+    assert shapes[:-2] == [p.shape for p in kpcn.parameters()][:-2] and shapes[-2][0] == 3

@@ -27,10 +27,11 @@ OVERLAY = "study.yaml"
 RUNS: list[tuple[str, str, list[str], str]] = [
     ("kpcn", "kpcn.yaml", [], "KPCN, L1 loss: the baseline"),
     ("kpcn_seed1", "kpcn.yaml", ["train.seed=1"], "the baseline with another seed: run-to-run noise"),
-    ("direct_cnn", "direct_cnn.yaml", [], "KPCN's network predicting colour directly"),
+    ("direct_cnn", "direct_cnn.yaml", [], "KPCN's network predicting colour directly (DPCN)"),
     ("kpcn_tonemapped_loss", "kpcn.yaml", ["loss.range=tonemapped"], "loss on clamped sRGB, not HDR"),
     ("kprcn", "kprcn.yaml", [], "residual blocks"),
-    ("kprcan_4block", "kprcan_4block.yaml", [], "residual channel-attention blocks, KPCN's depth"),
+    ("kprcan_4block", "kprcan_4block.yaml", [],
+     "residual channel-attention blocks at KPCN's depth (attention: radius 78 px, not 18)"),
     ("kprcan_4block_tail5", "kprcan_4block.yaml", ["model.tail_kernel_size=5"],
      "the same with KPCN's 5x5 kernel-predicting layer instead of 1x1"),
     ("kpcn_batchnorm", "ablation_kpcn_batchnorm.yaml", [], "batch norm after hidden convolutions"),

@@ -118,7 +118,10 @@ class RCAB(nn.Module):
 
 
 class ResidualGroup(nn.Module):
-    """RCAN's residual group: ``n_blocks`` RCABs and a closing conv, with a long skip around them."""
+    """RCAN's residual group: ``n_blocks`` RCABs and a closing conv, with a long skip around them.
+
+    Without the closing conv there is no skip either: the RCABs already pass their input through, and a
+    skip around them would add the same identity a second time."""
 
     def __init__(self, width: int, n_blocks: int, kernel_size: int, reduction: int, pool: str, window: int,
                  closing_conv: bool = True, norm: str = "none", dropout: float = 0.0):
@@ -128,7 +131,8 @@ class ResidualGroup(nn.Module):
         if closing_conv:
             blocks.append(conv(width, width, kernel_size))
         self.body = nn.Sequential(*blocks)
+        self.skip = closing_conv
         self.radius = sum(b.radius for b in blocks[:n_blocks]) + (kernel_size // 2 if closing_conv else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return x + self.body(x) if self.skip else self.body(x)

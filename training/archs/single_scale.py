@@ -64,11 +64,11 @@ class KPCN(SingleScaleNet):
 
 @register("direct_cnn")
 class DirectCNN(KPCN):
-    """KPCN's layers predicting the colour directly (Bako et al. 2017's DPCN), with an optional skip
-    across the body."""
+    """KPCN's layers predicting the colour directly: Bako et al. 2017's DPCN, a plain stack of
+    convolutions. ``long_skip`` adds a skip across the body, which DPCN does not have."""
 
     def __init__(self, in_channels: int, width: int = 100, depth: int = 9, kernel_size: int = 5,
-                 norm: str = "none", dropout: float = 0.0, long_skip: bool = True):
+                 norm: str = "none", dropout: float = 0.0, long_skip: bool = False):
         self._build(in_channels, width, depth, kernel_size, None, norm, dropout, long_skip)
 
 
@@ -100,9 +100,11 @@ class KPRCAN(SingleScaleNet):
     """Kernel-predicting residual channel-attention network: RCAN's residual-in-residual body (Zhang et
     al. 2018: ``n_groups`` groups of ``n_blocks`` RCABs, long skips) with a kernel-predicting tail.
 
-    ``closing_conv`` adds RCAN's conv at the end of each group and of the body; the "4 block" preset
-    drops them and uses a 1x1 tail so that its convolutions match KPCN's depth and receptive field.
-    ``attention_pool``: see ``blocks.ChannelAttention`` (``local`` keeps tiled inference exact).
+    ``closing_conv`` adds RCAN's conv at the end of each group and of the body, each closing a skip;
+    without them the network has no group or long skips either (the RCABs carry the identity, and the
+    skips would add it again). The "4 block" preset drops them and uses a 1x1 tail so that its
+    convolutions match KPCN's depth and reach; its local attention reaches further (its config says how
+    far). ``attention_pool``: see ``blocks.ChannelAttention`` (``local`` keeps tiled inference exact).
     """
 
     def __init__(self, in_channels: int, width: int = 64, n_groups: int = 2, n_blocks: int = 4,
@@ -118,7 +120,7 @@ class KPRCAN(SingleScaleNet):
             radius += kernel_size // 2
         tail = conv(width, _outputs(predict_kernel), tail_kernel_size)
         super().__init__(conv(in_channels, width, kernel_size), nn.Sequential(*groups), tail, radius,
-                         predict_kernel, True)
+                         predict_kernel, long_skip=closing_conv)
         if attention_pool == "global":  # depends on the whole input: declare a finite stand-in
             self.receptive_radius = max(self.receptive_radius, GLOBAL_POOL_RADIUS)
 
