@@ -45,3 +45,18 @@ def test_shipped_model_denoises_a_render_closer_to_its_reference(path, cycles_ex
     after = psnr(to_srgb(result.beauty), to_srgb(reference))
     assert np.isfinite(result.beauty).all()
     assert after > before + 1.5, (before, after)  # clearly better: 1.5 dB is a 30 % lower MSE
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_config_rebuilds_the_graph_it_declares(path):
+    """The receptive radius is derived from the blocks the config builds: it must still be the one the
+    shipped model declares (tiles overlap by it), and the weights must still fit the graph."""
+    from safetensors.torch import load_file
+
+    from training.config import load_config_json
+    from training.graph import build_graph
+
+    info = read_model_info(path)
+    graph = build_graph(load_config_json(path.with_suffix(".json")))
+    assert (graph.receptive_radius, graph.size_multiple) == (info.receptive_radius, info.size_multiple)
+    graph.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))  # strict: same modules

@@ -1,8 +1,8 @@
 """Building blocks shared by the component networks.
 
 Every block has a ``radius``: how many pixels of context (each side, at the block's own resolution) one
-output pixel depends on. Summed along a network it gives the receptive radius that tiled inference needs
-as overlap.
+output pixel depends on. ``radius_of`` sums it along a chain of modules, which gives a network the
+receptive radius that tiled inference needs as overlap.
 """
 
 from __future__ import annotations
@@ -13,6 +13,25 @@ from torch import nn
 ATTENTION_POOLS = ("local", "global")
 # declared context of global pooling: tiles only approximate it (see ChannelAttention)
 GLOBAL_POOL_RADIUS = 256
+
+
+POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.Dropout2d, nn.Identity)
+
+
+def radius_of(*modules: nn.Module) -> int:
+    """Radius of ``modules`` applied one after the other: a block's ``radius``, a convolution's half
+    size, the sum along a Sequential, 0 for pointwise layers; anything else is an error, not a guess."""
+    total = 0
+    for module in modules:
+        if hasattr(module, "radius"):
+            total += module.radius
+        elif isinstance(module, nn.Conv2d):
+            total += module.dilation[0] * (module.kernel_size[0] // 2)
+        elif isinstance(module, nn.Sequential):
+            total += radius_of(*module)
+        elif not isinstance(module, POINTWISE):
+            raise TypeError(f"no receptive radius known for {type(module).__name__}")
+    return total
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
@@ -38,7 +57,7 @@ class ConvAct(nn.Sequential):
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         super().__init__(*layers)
-        self.radius = kernel_size // 2
+        self.radius = radius_of(*layers)
 
 
 class PlainBody(nn.Sequential):
@@ -46,7 +65,7 @@ class PlainBody(nn.Sequential):
 
     def __init__(self, width: int, depth: int, kernel_size: int, norm: str = "none", dropout: float = 0.0):
         super().__init__(*[ConvAct(width, width, kernel_size, norm, dropout) for _ in range(depth)])
-        self.radius = depth * (kernel_size // 2)
+        self.radius = radius_of(*self)
 
 
 class ResBlock(nn.Module):
@@ -57,7 +76,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(ConvAct(width, width, kernel_size, norm, dropout),
                                   conv(width, width, kernel_size))
-        self.radius = 2 * (kernel_size // 2)
+        self.radius = radius_of(self.body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -91,7 +110,9 @@ class ChannelAttention(nn.Module):
         half = window // 2
         self.pool_x = nn.AvgPool2d((1, window), stride=1, padding=(0, half), count_include_pad=False)
         self.pool_y = nn.AvgPool2d((window, 1), stride=1, padding=(half, 0), count_include_pad=False)
-        self.radius = 0 if pool == "global" else half  # global: the network declares GLOBAL_POOL_RADIUS
+        # global: every pixel sees the whole input, which no finite radius says; networks holding such a
+        # block declare GLOBAL_POOL_RADIUS (``declared_radius``)
+        self.radius = 0 if pool == "global" else half
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeezed = self.reduce(x)
@@ -111,7 +132,7 @@ class RCAB(nn.Module):
         self.body = nn.Sequential(ConvAct(width, width, kernel_size, norm, dropout),
                                   conv(width, width, kernel_size),
                                   ChannelAttention(width, reduction, pool, window))
-        self.radius = 2 * (kernel_size // 2) + self.body[2].radius
+        self.radius = radius_of(self.body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -132,7 +153,14 @@ class ResidualGroup(nn.Module):
             blocks.append(conv(width, width, kernel_size))
         self.body = nn.Sequential(*blocks)
         self.skip = closing_conv
-        self.radius = sum(b.radius for b in blocks[:n_blocks]) + (kernel_size // 2 if closing_conv else 0)
+        self.radius = radius_of(self.body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x) if self.skip else self.body(x)
+
+
+def declared_radius(network: nn.Module, radius: int) -> int:
+    """The receptive radius a network declares: ``radius``, or at least ``GLOBAL_POOL_RADIUS`` (a finite
+    stand-in: tiles with that much overlap see similar means) when a block pools over the whole input."""
+    pools_globally = any(isinstance(m, ChannelAttention) and m.pool == "global" for m in network.modules())
+    return max(radius, GLOBAL_POOL_RADIUS) if pools_globally else radius

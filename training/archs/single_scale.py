@@ -4,6 +4,9 @@ Kernel-predicting variants end in k*k logits per pixel, softmax-normalised and a
 colour (``kernels.apply_kernels``); direct variants end in the 3 colour channels. Every network maps
 (features (N, in_channels, H, W), colour (N, 3, H, W)) -> denoised colour (N, 3, H, W), both in the
 graph's pre-processed space.
+
+Each body (plain, residual, residual channel-attention) is built by one function and used by a
+kernel-predicting and a direct network; the two differ only in their tail.
 """
 
 from __future__ import annotations
@@ -11,26 +14,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.archs.blocks import GLOBAL_POOL_RADIUS, ConvAct, PlainBody, ResBlock, ResidualGroup, conv
+from training.archs.blocks import (
+    ConvAct,
+    PlainBody,
+    ResBlock,
+    ResidualGroup,
+    conv,
+    declared_radius,
+    radius_of,
+)
 from training.archs.kernels import apply_kernels
 from training.archs.registry import register
 
 
 class SingleScaleNet(nn.Module):
-    """head -> body (-> + head output: the long skip of EDSR/RCAN) -> tail -> kernels or colour."""
+    """head -> body (-> + head output: the long skip of EDSR/RCAN) -> tail -> kernels or colour.
+
+    The receptive radius is the three parts' radii summed (``blocks.radius_of``)."""
 
     size_multiple = 1
 
-    def __init__(self, head: nn.Module, body: nn.Module, tail: nn.Module, radius: int,
-                 predict_kernel: int | None, long_skip: bool):
+    def __init__(self, head: nn.Module, body: nn.Module, tail: nn.Module, predict_kernel: int | None,
+                 long_skip: bool):
         super().__init__()
-        if predict_kernel is not None and predict_kernel % 2 != 1:
-            raise ValueError(f"predict_kernel must be odd, not {predict_kernel}")
         self.head, self.body, self.tail = head, body, tail
         self.predict_kernel, self.long_skip = predict_kernel, long_skip
         # the kernel at pixel p comes from features around p and weighs colours around p: the two
         # reaches do not add up
-        self.receptive_radius = max(radius, predict_kernel // 2 if predict_kernel else 0)
+        reach = max(radius_of(head, body, tail), predict_kernel // 2 if predict_kernel else 0)
+        self.receptive_radius = declared_radius(self, reach)
 
     def forward(self, features: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
         head = self.head(features)
@@ -39,8 +51,45 @@ class SingleScaleNet(nn.Module):
         return apply_kernels(color, out, self.predict_kernel) if self.predict_kernel else out
 
 
-def _outputs(predict_kernel: int | None) -> int:
-    return predict_kernel * predict_kernel if predict_kernel else 3
+def output_conv(width: int, kernel_size: int, predict_kernel: int | None) -> nn.Conv2d:
+    """The last convolution: ``predict_kernel``^2 kernel logits, or the 3 colour channels when None."""
+    if predict_kernel is not None and predict_kernel % 2 != 1:
+        raise ValueError(f"predict_kernel must be odd, not {predict_kernel}")
+    return conv(width, predict_kernel * predict_kernel if predict_kernel else 3, kernel_size)
+
+
+# The layer functions create their modules in the order the networks always did, so a seed gives the
+# same initial weights as before they were shared.
+def plain_layers(in_channels: int, width: int, depth: int, kernel_size: int, norm: str,
+                 dropout: float) -> tuple[nn.Module, nn.Module]:
+    """KPCN's head and body: ``depth`` convolutions in all, counting the tail the network adds."""
+    if depth < 2:
+        raise ValueError("depth counts every convolution and must be >= 2")
+    return (ConvAct(in_channels, width, kernel_size, norm, dropout),
+            PlainBody(width, depth - 2, kernel_size, norm, dropout))
+
+
+def residual_layers(in_channels: int, width: int, n_blocks: int, kernel_size: int, norm: str,
+                    dropout: float) -> tuple[nn.Module, nn.Module]:
+    """EDSR's head and body: a conv, ``n_blocks`` residual blocks and a closing conv."""
+    body = nn.Sequential(*[ResBlock(width, kernel_size, norm, dropout) for _ in range(n_blocks)],
+                         conv(width, width, kernel_size))
+    return conv(in_channels, width, kernel_size), body
+
+
+def rcan_layers(in_channels: int, width: int, n_groups: int, n_blocks: int, kernel_size: int,
+                reduction: int, attention_pool: str, attention_window: int, closing_conv: bool, norm: str,
+                dropout: float, tail_kernel_size: int,
+                predict_kernel: int | None) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """RCAN's head, residual-in-residual body (``n_groups`` groups of ``n_blocks`` RCABs, each group and
+    the body closed by a conv when ``closing_conv``) and tail."""
+    groups: list[nn.Module] = [
+        ResidualGroup(width, n_blocks, kernel_size, reduction, attention_pool, attention_window,
+                      closing_conv, norm, dropout) for _ in range(n_groups)]
+    if closing_conv:
+        groups.append(conv(width, width, kernel_size))
+    last = output_conv(width, tail_kernel_size, predict_kernel)
+    return conv(in_channels, width, kernel_size), nn.Sequential(*groups), last
 
 
 @register("kpcn")
@@ -50,26 +99,19 @@ class KPCN(SingleScaleNet):
 
     def __init__(self, in_channels: int, width: int = 100, depth: int = 9, kernel_size: int = 5,
                  predict_kernel: int = 21, norm: str = "none", dropout: float = 0.0):
-        self._build(in_channels, width, depth, kernel_size, predict_kernel, norm, dropout, long_skip=False)
-
-    def _build(self, in_channels, width, depth, kernel_size, predict_kernel, norm, dropout, long_skip):
-        if depth < 2:
-            raise ValueError("depth counts every convolution and must be >= 2")
-        head = ConvAct(in_channels, width, kernel_size, norm, dropout)
-        body = PlainBody(width, depth - 2, kernel_size, norm, dropout)
-        radius = depth * (kernel_size // 2)
-        super().__init__(head, body, conv(width, _outputs(predict_kernel), kernel_size), radius,
-                         predict_kernel, long_skip)
+        head, body = plain_layers(in_channels, width, depth, kernel_size, norm, dropout)
+        super().__init__(head, body, output_conv(width, kernel_size, predict_kernel), predict_kernel, False)
 
 
 @register("direct_cnn")
-class DirectCNN(KPCN):
+class DirectCNN(SingleScaleNet):
     """KPCN's layers predicting the colour directly: Bako et al. 2017's DPCN, a plain stack of
     convolutions. ``long_skip`` adds a skip across the body, which DPCN does not have."""
 
     def __init__(self, in_channels: int, width: int = 100, depth: int = 9, kernel_size: int = 5,
                  norm: str = "none", dropout: float = 0.0, long_skip: bool = False):
-        self._build(in_channels, width, depth, kernel_size, None, norm, dropout, long_skip)
+        head, body = plain_layers(in_channels, width, depth, kernel_size, norm, dropout)
+        super().__init__(head, body, output_conv(width, kernel_size, None), None, long_skip)
 
 
 @register("kprcn")
@@ -78,21 +120,19 @@ class KPRCN(SingleScaleNet):
     two convs per skip, no bottleneck, no batch norm) and a closing conv, long skip, kernel tail."""
 
     def __init__(self, in_channels: int, width: int = 100, n_blocks: int = 4, kernel_size: int = 5,
-                 predict_kernel: int | None = 21, norm: str = "none", dropout: float = 0.0):
-        blocks: list[nn.Module] = [ResBlock(width, kernel_size, norm, dropout) for _ in range(n_blocks)]
-        body = nn.Sequential(*blocks, conv(width, width, kernel_size))
-        radius = (2 * n_blocks + 3) * (kernel_size // 2)  # head + blocks + closing conv + tail
-        super().__init__(conv(in_channels, width, kernel_size), body,
-                         conv(width, _outputs(predict_kernel), kernel_size), radius, predict_kernel, True)
+                 predict_kernel: int = 21, norm: str = "none", dropout: float = 0.0):
+        head, body = residual_layers(in_channels, width, n_blocks, kernel_size, norm, dropout)
+        super().__init__(head, body, output_conv(width, kernel_size, predict_kernel), predict_kernel, True)
 
 
 @register("direct_rcn")
-class DirectRCN(KPRCN):
+class DirectRCN(SingleScaleNet):
     """KPRCN's body predicting the colour directly (EDSR's head/body/tail layout)."""
 
     def __init__(self, in_channels: int, width: int = 100, n_blocks: int = 4, kernel_size: int = 5,
                  norm: str = "none", dropout: float = 0.0):
-        super().__init__(in_channels, width, n_blocks, kernel_size, None, norm, dropout)
+        head, body = residual_layers(in_channels, width, n_blocks, kernel_size, norm, dropout)
+        super().__init__(head, body, output_conv(width, kernel_size, None), None, True)
 
 
 @register("kprcan")
@@ -108,30 +148,22 @@ class KPRCAN(SingleScaleNet):
     """
 
     def __init__(self, in_channels: int, width: int = 64, n_groups: int = 2, n_blocks: int = 4,
-                 kernel_size: int = 3, predict_kernel: int | None = 21, reduction: int = 16,
+                 kernel_size: int = 3, predict_kernel: int = 21, reduction: int = 16,
                  attention_pool: str = "local", attention_window: int = 31, closing_conv: bool = True,
                  tail_kernel_size: int = 3, norm: str = "none", dropout: float = 0.0):
-        groups: list[nn.Module] = [
-            ResidualGroup(width, n_blocks, kernel_size, reduction, attention_pool, attention_window,
-                          closing_conv, norm, dropout) for _ in range(n_groups)]
-        radius = kernel_size // 2 + sum(g.radius for g in groups) + tail_kernel_size // 2
-        if closing_conv:
-            groups.append(conv(width, width, kernel_size))
-            radius += kernel_size // 2
-        tail = conv(width, _outputs(predict_kernel), tail_kernel_size)
-        super().__init__(conv(in_channels, width, kernel_size), nn.Sequential(*groups), tail, radius,
-                         predict_kernel, long_skip=closing_conv)
-        if attention_pool == "global":  # depends on the whole input: declare a finite stand-in
-            self.receptive_radius = max(self.receptive_radius, GLOBAL_POOL_RADIUS)
+        layers = rcan_layers(in_channels, width, n_groups, n_blocks, kernel_size, reduction, attention_pool,
+                             attention_window, closing_conv, norm, dropout, tail_kernel_size, predict_kernel)
+        super().__init__(*layers, predict_kernel, closing_conv)
 
 
 @register("direct_rcan")
-class DirectRCAN(KPRCAN):
+class DirectRCAN(SingleScaleNet):
     """KPRCAN's body predicting the colour directly (RCAN's head/body/tail layout)."""
 
     def __init__(self, in_channels: int, width: int = 64, n_groups: int = 2, n_blocks: int = 4,
                  kernel_size: int = 3, reduction: int = 16, attention_pool: str = "local",
                  attention_window: int = 31, closing_conv: bool = True, tail_kernel_size: int = 3,
                  norm: str = "none", dropout: float = 0.0):
-        super().__init__(in_channels, width, n_groups, n_blocks, kernel_size, None, reduction, attention_pool,
-                         attention_window, closing_conv, tail_kernel_size, norm, dropout)
+        layers = rcan_layers(in_channels, width, n_groups, n_blocks, kernel_size, reduction, attention_pool,
+                             attention_window, closing_conv, norm, dropout, tail_kernel_size, None)
+        super().__init__(*layers, None, closing_conv)

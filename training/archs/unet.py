@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.archs.blocks import ConvAct
+from training.archs.blocks import ConvAct, radius_of
 from training.archs.kernels import apply_kernels
 from training.archs.registry import register
 
@@ -60,18 +60,19 @@ class MultiScaleKPUNet(nn.Module):
         taps = predict_kernel * predict_kernel
         self.heads = nn.ModuleList(nn.Conv2d(w, taps + (1 if i < self.levels - 1 else 0), 1)
                                    for i, w in enumerate(widths))
-        self.receptive_radius = self._radius(kernel_size // 2, encoder_convs, decoder_convs)
+        self.receptive_radius = self._radius()
 
-    def _radius(self, conv_radius: int, encoder_convs: int, decoder_convs: int) -> int:
-        """Conservative receptive radius in full-resolution pixels (checked against gradients in tests)."""
+    def _radius(self) -> int:
+        """Conservative receptive radius in full-resolution pixels (checked against gradients in tests):
+        each level's convolutions reach ``radius_of`` their stack, in pixels of that level's scale."""
         last = self.levels - 1
-        encoder = [encoder_convs * conv_radius]
+        encoder = [radius_of(self.encoders[0])]
         for level in range(1, self.levels):  # a 2x2 pool reaches 2^(level-1) pixels further
-            encoder.append(encoder[-1] + 2 ** (level - 1) + encoder_convs * conv_radius * 2 ** level)
+            encoder.append(encoder[-1] + 2 ** (level - 1) + radius_of(self.encoders[level]) * 2 ** level)
         features = {last: encoder[last]}
         for level in range(last - 1, -1, -1):  # bilinear upsampling reaches one coarse pixel
             features[level] = (max(features[level + 1] + 2 ** (level + 1), encoder[level])
-                               + decoder_convs * conv_radius * 2 ** level)
+                               + radius_of(self.decoders[level]) * 2 ** level)
         kernel_radius = self.predict_kernel // 2
         out = 0
         for level in range(last, -1, -1):
