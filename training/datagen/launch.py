@@ -28,8 +28,9 @@ def code_hash() -> str:
 
 
 def run_job(job: dict, python: str | None = None, timeout: float | None = None,
-            log_path: str | os.PathLike | None = None) -> list[dict]:
-    """Render ``job`` (see render.py) in a fresh bpy process; returns its RESULT records.
+            log_path: str | os.PathLike | None = None, script: Path = RENDER_SCRIPT) -> list[dict]:
+    """Render ``job`` (see render.py, or ``script``'s own job format) in a fresh bpy process; returns its
+    RESULT records.
 
     ``python`` is an interpreter with pip bpy (default: this one). Blender's own chatter goes to
     ``log_path`` (appended) or is discarded; on failure the tail of it is in the exception.
@@ -41,7 +42,7 @@ def run_job(job: dict, python: str | None = None, timeout: float | None = None,
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(job, f)
-        proc = subprocess.run([python, str(RENDER_SCRIPT), job_path], capture_output=True, text=True,
+        proc = subprocess.run([python, str(script), job_path], capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
         os.unlink(job_path)
