@@ -143,7 +143,7 @@ def test_non_finite_patches_are_dropped_and_counted(packed, tmp_path):
 
 def test_denoise_residual_packs_emission_into_specular_and_is_checked_against_the_config(packed, tmp_path):
     from training.config import config_from_dict
-    from training.datasets import build_datasets
+    from training.data import build_datasets
 
     root, _stats = packed
     work = tmp_path / "residual"
@@ -268,7 +268,7 @@ def two_size_packs(root, work):
 
 def test_views_of_two_sizes_train_together_in_one_size_batches(packed, tmp_path):
     from training.config import config_from_dict
-    from training.datasets import batch_stream, build_datasets, epoch_batches
+    from training.data import batch_stream, build_datasets, epoch_batches
 
     paths = [str(path) for path in two_size_packs(packed[0], tmp_path / "sizes")]
     config = config_from_dict({"data": {"kind": "shards", "train": paths, "patch_size": 32, "batch_size": 2,
@@ -318,8 +318,7 @@ def test_validation_reads_views_of_two_sizes(packed, tmp_path):
     import math
 
     from tests.training_helpers import tiny_config
-    from training.datasets import validation_batches
-    from training.synthetic import SyntheticDataset
+    from training.data import SyntheticDataset, validation_batches
     from training.train import train
 
     val_set = ShardDataset(two_size_packs(packed[0], tmp_path / "sizes"), patch_size=None, augment=False)

@@ -15,11 +15,10 @@ from denoiser_core.models import read_model_info
 from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
 from tests.training_helpers import ALL_CONFIGS, REPO, tiny_config, untrained_run
 from training.archs.blocks import ChannelAttention
-from training.archs.summary import example_inputs
 from training.checkpoint import load_weights
 from training.config import load_config_json
 from training.export import export_run
-from training.graph import build_graph
+from training.graph import build_graph, example_inputs
 
 
 def exported(name: str, tmp_path, overrides: list[str] | None = None):

@@ -13,9 +13,9 @@ from tests.training_helpers import ALL_CONFIGS, CONFIGS, REPO, tiny_config
 from training.archs import ARCH_REGISTRY, build_arch
 from training.archs.blocks import GLOBAL_POOL_RADIUS, ChannelAttention
 from training.archs.kernels import _apply_unfolded, apply_kernels
-from training.archs.summary import example_inputs, flops_per_megapixel, measured_receptive_radius
+from training.archs.summary import flops_per_megapixel, measured_receptive_radius
 from training.config import LossConfig, load_config, load_config_json
-from training.graph import build_graph
+from training.graph import build_graph, example_inputs
 from training.losses import DenoiseLoss, stage_loss, tonemap
 
 

@@ -12,7 +12,7 @@ import torch
 
 from tests.training_helpers import CONFIGS, REPO, TINY, TRAINED_ARCHS, tiny_config
 from training.checkpoint import RunFolder
-from training.synthetic import SyntheticDataset
+from training.data import SyntheticDataset
 from training.train import train
 
 pytestmark = pytest.mark.slow

@@ -37,7 +37,7 @@ class GraphConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"         # synthetic (training/synthetic.py) | shards (training.data.ShardDataset)
+    kind: str = "synthetic"         # synthetic (training.data.SyntheticDataset) | shards (ShardDataset)
     train: list[str] = field(default_factory=list)   # shard folders / index.json files
     val: list[str] = field(default_factory=list)
     patch_size: int = 64

@@ -24,10 +24,10 @@ if __package__ in (None, ""):
 import torch
 
 from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
-from training.archs.summary import example_inputs, parameter_count
+from training.archs.summary import parameter_count
 from training.checkpoint import RunFolder, atomic_write, load_weights, write_json
 from training.config import Config, load_config_json
-from training.graph import OUTPUTS, DenoiserGraph, build_graph
+from training.graph import OUTPUTS, DenoiserGraph, build_graph, example_inputs
 
 # contract version written: 1, or 2 for models that denoise the residual (denoiser_core/models.py)
 
@@ -37,7 +37,7 @@ def training_data_summary(config: Config) -> str:
     if d.summary:
         return d.summary
     if d.kind == "synthetic":
-        return "synthetic procedural patches (training/synthetic.py)"
+        return "synthetic procedural patches (training/data/synthetic.py)"
     return f"shards {', '.join(d.train)}"
 
 

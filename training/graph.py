@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from denoiser_core.models import KNOWN_INPUTS as INPUT_CHANNELS  # the contract's inputs: name -> channels
 from training.archs import build_arch
 
 COMPONENTS = ("diffuse", "specular")
@@ -60,8 +61,11 @@ class DenoiserGraph(nn.Module):
 
     @property
     def feature_channels(self) -> int:
-        base = 3 + 3 + 3 + 1  # colour, albedo, normal, depth
-        return base * (3 if self.use_gradients else 1) + (1 if self.use_variance else 0)
+        """Channels a component network sees (``_network_input``): its colour and the shared features,
+        with their x and y differences when ``use_gradients``, and its variance when ``use_variance``."""
+        seen = INPUT_CHANNELS[COMPONENTS[0]] + sum(INPUT_CHANNELS[name] for name in FEATURE_INPUTS)
+        variance = INPUT_CHANNELS[f"{COMPONENTS[0]}_variance"] if self.use_variance else 0
+        return seen * (3 if self.use_gradients else 1) + variance
 
     @property
     def input_names(self) -> list[str]:
@@ -121,6 +125,23 @@ class DenoiserGraph(nn.Module):
                             "depth": depth, "diffuse_variance": diffuse_variance,
                             "specular_variance": specular_variance})
         return out["diffuse"], out["specular"]
+
+
+def example_inputs(graph: DenoiserGraph, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of the graph's signature (HDR-ish colours, plausible features), batch 1: for export,
+    FLOP counts, benchmarks and tests."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {}
+    for name in graph.input_names:
+        x = torch.rand(1, INPUT_CHANNELS[name], height, width, generator=g)
+        if name in COMPONENTS:
+            x = x * 4 * torch.rand(1, 1, height, width, generator=g) ** 4
+        elif name == "normal":
+            x = 2 * x - 1
+        elif name == "depth":
+            x = 1 + 20 * x
+        inputs[name] = x
+    return inputs
 
 
 def build_graph(config) -> DenoiserGraph:

@@ -31,7 +31,7 @@ from torch import nn
 
 from training.checkpoint import RunFolder, load_weights, write_json
 from training.config import Config, apply_override, config_from_dict, load_config, load_config_json
-from training.datasets import batch_stream, build_datasets, validation_batches
+from training.data import batch_stream, build_datasets, validation_batches
 from training.graph import build_graph
 from training.losses import POINTWISE, DenoiseLoss, psnr, recombine, stage_loss, tonemap
 from training.optim import build_optimizer, build_scheduler, stage_at, stage_bounds

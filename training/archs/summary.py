@@ -18,25 +18,7 @@ import torch
 from torch import nn
 
 from training.archs import single_scale, unet
-
-INPUT_CHANNELS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1,
-                  "diffuse_variance": 1, "specular_variance": 1}
-
-
-def example_inputs(graph, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of the graph's signature (HDR-ish colours, plausible features)."""
-    g = torch.Generator().manual_seed(seed)
-    inputs = {}
-    for name in graph.input_names:
-        x = torch.rand(1, INPUT_CHANNELS[name], height, width, generator=g)
-        if name in ("diffuse", "specular"):
-            x = x * 4 * torch.rand(1, 1, height, width, generator=g) ** 4
-        elif name == "normal":
-            x = 2 * x - 1
-        elif name == "depth":
-            x = 1 + 20 * x
-        inputs[name] = x
-    return inputs
+from training.graph import build_graph, example_inputs
 
 
 @contextmanager
@@ -95,8 +77,6 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def describe(config, measure: bool = False) -> dict:
-    from training.graph import build_graph
-
     graph = build_graph(config)
     info = {"name": config.name, "architecture": config.model["type"], "parameters": parameter_count(graph),
             "gflop_per_megapixel": flops_per_megapixel(graph) / 1e9,

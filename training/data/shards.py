@@ -77,7 +77,7 @@ class ShardDataset(torch.utils.data.Dataset):
     ``patch_size``: crop size (<= stored patch size; None = the stored size).
     ``whole_smaller_views``: views smaller than ``patch_size`` are taken whole (a square of their shorter
     side) instead of refused, so 128- and 256-px views train together; samples then differ in
-    size, and ``training.datasets.batch_stream`` batches each size apart (``crop_size``).
+    size, and ``training.data.sampling.batch_stream`` batches each size apart (``crop_size``).
     ``spp``: keep only these noisy sample counts. ``augment``: see module docstring; without it the
     crop is centred and nothing else changes. ``seed``: base of the per-sample augmentation RNG (each
     sample's RNG is seeded by (seed, epoch, index); call ``set_epoch`` to vary it between epochs).

@@ -1,4 +1,5 @@
-"""Datasets named by ``data.kind`` and the endless batch stream the training loop reads."""
+"""Which datasets a config names (``data.kind``) and the batches drawn from them: the endless, resumable
+training stream (one crop size a batch where sizes differ) and the validation batches."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from training.config import Config
-from training.synthetic import SyntheticDataset
+from training.data.shards import ShardDataset
+from training.data.synthetic import SyntheticDataset
 
 
 def build_datasets(config: Config) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
-    """(train, validation) datasets; ``shards`` imports ``training.data.ShardDataset`` lazily."""
+    """(train, validation) datasets: ``SyntheticDataset`` or ``ShardDataset`` with ``data``'s settings."""
     d = config.data
     if d.kind == "synthetic":
         options = dict(d.options)
@@ -24,8 +26,6 @@ def build_datasets(config: Config) -> tuple[torch.utils.data.Dataset, torch.util
         val = SyntheticDataset(d.val_batches * d.batch_size, d.val_patch_size or d.patch_size,
                                seed=config.train.seed + 7919, **options)
         return train, val
-    from training.data import ShardDataset
-
     if not d.train:
         raise ValueError("data.kind shards needs data.train paths")
     accepted = inspect.signature(ShardDataset).parameters

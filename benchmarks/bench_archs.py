@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU time of each architecture's exported graph with onnxruntime at 1080p, next to Intel OIDN.
 
-    python training/bench_archs.py [--configs fast kpcn ...] [--repeats 3]
+    python benchmarks/bench_archs.py [--configs fast kpcn ...] [--repeats 3]      # needs .[train]
 
 Weights are random (time does not depend on them). Each model runs on a 1920x1080 frame in one piece
 with onnxruntime's default CPU threads, after a warm-up run; the median of ``--repeats`` runs is reported.
@@ -19,17 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from training.archs.summary import example_inputs, flops_per_megapixel, parameter_count
+from training.archs.summary import flops_per_megapixel, parameter_count
 from training.config import load_config
 from training.export import export_onnx
-from training.graph import build_graph
+from training.graph import build_graph, example_inputs
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 DEFAULT = ["fast", "kpcn", "kprcn", "kprcan", "kprcan_4block", "direct_cnn", "direct_rcn", "direct_rcan"]
 FRAME = (1080, 1920)
 CROP = (270, 480)
