@@ -153,22 +153,22 @@ def test_validation_that_reads_only_part_of_the_set_says_so(tmp_path, capsys):
     assert "validation reads" not in capsys.readouterr().err
 
 
-def test_timed_train_plans_the_steps_from_a_probe_and_records_them(tmp_path):
-    from training.timed_train import plan_steps
+def test_minutes_plans_the_steps_from_a_probe_and_records_them(tmp_path):
+    from training.train import plan_steps
 
     assert plan_steps(100.0, 0.09) == 1000 and plan_steps(1000.0, 0.5) == 1800
     with pytest.raises(ValueError, match="give more --minutes"):
         plan_steps(10.0, 1.0)
     run_dir = tmp_path / "timed"
-    command = [sys.executable, str(REPO / "training" / "timed_train.py"),
-               "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY), "--minutes", "0.6",
-               "--run-dir", str(run_dir), "--probe-steps", "10"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    args = ["training/train.py", "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY), "--minutes",
+            "0.6", "--run-dir", str(run_dir), "--probe-steps", "10", "--no-progress"]
+    done = run_script(*args)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "steps planned in" in done.stderr
     config = json.loads((run_dir / "config.json").read_text())["train"]
-    assert config["steps"] == summary["steps"] >= 100 and config["steps"] % 100 == 0
+    assert f"to step {config['steps']} " in done.stdout
+    assert config["steps"] >= 100 and config["steps"] % 100 == 0
     assert config["val_interval"] == config["checkpoint_interval"] == max(100, config["steps"] // 1000 * 100)
-    assert RunFolder(run_dir).has("latest") and summary["seconds_per_step"] > 0
-    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert RunFolder(run_dir).load_state("latest")["step"] == config["steps"]
+    again = run_script(*args)
     assert again.returncode == 2 and "already holds a run" in again.stderr

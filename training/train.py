@@ -3,27 +3,36 @@
 
     python training/train.py --config training/configs/fast.yaml [--config more.yaml] [--run-dir runs/NAME]
                              [--set train.steps=200 --set data.batch_size=8] [--init models/fast.safetensors]
+    python training/train.py --config training/configs/quality.yaml --minutes 10 --run-dir runs/q
     torchrun --nproc_per_node 2 training/train.py --config ...     # DistributedDataParallel (gloo/nccl)
+
+(``python -m training.train`` is the same; both need the package installed: ``pip install -e ".[train]"``.)
 
 The run folder (default ``runs/<config name>``) gets ``config.json``, ``checkpoints/``, ``tb/`` and
 ``metrics.jsonl``. An existing run folder resumes from its latest checkpoint with its stored config
 (``--set`` may change it, e.g. more steps); passing a *different* ``--config`` for it is an error, nothing
 is overwritten.
 ``--init`` starts a new run from exported weights (its ``.json`` config is used if no ``--config``).
+
+``--minutes`` trains a new run for a wall-clock budget (a rented GPU for an hour, a workstation for a
+night). A learning-rate schedule needs its length up front, so a short probe run (``--probe-steps``, in
+a temporary folder, thrown away) measures the seconds per step, validation included, on this machine
+with these data; ``train.steps`` (and the validation/checkpoint intervals, a tenth of it) is then set
+so that the run ends inside the budget, and its config.json records the steps chosen. Resume or extend
+it like any run, without ``--minutes``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script from anywhere: make ``training`` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.distributed as dist
@@ -256,7 +265,55 @@ def resolve_config(config_paths: list[str], overrides: list[str], run_dir: str |
     return config, run.path
 
 
+BUDGET_SHARE = 0.9  # of the time left after the probe, planned for steps: the rest absorbs validation, saving
+
+
+def with_train(config: Config, **values) -> Config:
+    """``config`` with these ``train`` section values replaced."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **values))
+
+
+def seconds_per_step(config: Config, probe_steps: int) -> float:
+    """Seconds per step between the probe's two validations (after warm-up: cuDNN's algorithm search,
+    the data workers' start), one validation included."""
+    half = max(1, probe_steps // 2)
+    probe = with_train(config, steps=2 * half, val_interval=half, checkpoint_interval=10**9,
+                       log_interval=half)
+    with tempfile.TemporaryDirectory(prefix="train-probe-") as folder:
+        train(probe, folder, progress=False)
+        rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+    if len(rows) < 2:
+        raise ValueError("--minutes needs validation data (data.val) to time its probe")
+    # metrics.jsonl keeps milliseconds; a floor keeps an implausibly fast probe from planning without end
+    return max(rows[-1]["seconds"] - rows[-2]["seconds"], 1e-3) / half
+
+
+def plan_steps(budget_s: float, per_step_s: float, minimum: int = 100) -> int:
+    """Steps that fit ``BUDGET_SHARE`` of the budget, rounded down to a multiple of 100 (at least
+    ``minimum``)."""
+    steps = int(budget_s * BUDGET_SHARE / per_step_s) // 100 * 100
+    if steps < minimum:
+        raise ValueError(f"{budget_s:.0f} s fit only {steps} steps at {per_step_s:.3f} s/step; "
+                         "give more --minutes")
+    return steps
+
+
+def fit_to_budget(config: Config, deadline: float, probe_steps: int) -> Config:
+    """``config`` with the steps (and a tenth of them as validation/checkpoint interval) that end by
+    ``deadline`` (``time.perf_counter()`` seconds), measured by a probe run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--minutes plans a single-process run; give a torchrun run train.steps")
+    per_step = seconds_per_step(config, probe_steps)
+    remaining = deadline - time.perf_counter()
+    steps = plan_steps(remaining, per_step)
+    interval = max(100, steps // 10 // 100 * 100)
+    print(f"train: {per_step:.4f} s/step measured; {steps} steps planned in {remaining:.0f} s",
+          file=sys.stderr, flush=True)
+    return with_train(config, steps=steps, val_interval=interval, checkpoint_interval=interval)
+
+
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=[], help="YAML config (repeat to overlay)")
@@ -264,9 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--init", help="start from these weights (.safetensors, e.g. an exported model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--minutes", type=float, help="train a new run for this wall-clock budget, probe "
+                        "included (sets train.steps; see above)")
+    parser.add_argument("--probe-steps", type=int, default=60, help="steps the --minutes probe times")
     args = parser.parse_args(argv)
     try:
         config, run_dir = resolve_config(args.config, args.set, args.run_dir, args.init)
+        if args.minutes is not None:
+            if RunFolder(run_dir).config_path.exists():
+                raise ValueError(f"{run_dir} already holds a run: resume it without --minutes")
+            config = fit_to_budget(config, started + args.minutes * 60, args.probe_steps)
         result = train(config, run_dir, init=args.init, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"train: error: {error}", file=sys.stderr)
