@@ -67,15 +67,15 @@ def test_models_with_the_same_name_get_columns_named_after_their_files(cycles_ex
 
 
 def test_error_budget_swaps_one_term_for_the_reference(cycles_exr, cycles_reference_exr, tmp_path, capsys):
-    from training import error_budget
-
     view = tmp_path / "data" / "view-a"
     view.mkdir(parents=True)
     shutil.copy(cycles_reference_exr, view / "reference.exr")
     shutil.copy(cycles_exr, view / "spp16.exr")
     model = save_model(tmp_path / "models", "guided", name="test-guided")
 
-    assert error_budget.main(["--data", str(tmp_path / "data"), "--model", str(model), "--spp", "16"]) == 0
+    assert evaluate.main(["--data", str(tmp_path / "data"), "--models", str(model), "--spp", "16",
+                          "--error-budget", "--out", str(tmp_path / "eval")]) == 0
+    assert not (tmp_path / "eval").exists()  # the mode prints, it writes no results
     header, _rule, row, _mean = capsys.readouterr().out.strip().splitlines()[-4:]
     values = dict(zip(header.strip("| ").split(" | ")[2:], map(float, row.strip("| ").split(" | ")[2:]),
                       strict=True))

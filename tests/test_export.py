@@ -121,13 +121,13 @@ def test_export_script_writes_model_weights_and_config_and_rejects_bad_runs(tmp_
     config = tiny_config("fast")
     run = untrained_run(config, tmp_path / "run")
     out = tmp_path / "models" / "mine.onnx"
-    result = subprocess.run([sys.executable, "training/export.py", str(run.path), "-o", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "training.export", str(run.path), "-o", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert out.exists() and out.with_suffix(".safetensors").exists()
     assert json.loads(out.with_suffix(".json").read_text()) == config.to_dict()
     assert read_model_info(out).name == "mine"
-    bad = subprocess.run([sys.executable, "training/export.py", str(tmp_path / "missing")], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "training.export", str(tmp_path / "missing")], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run folder" in bad.stderr
     # a new run can start from the exported weights, its config taken from the .json beside them

@@ -1,7 +1,8 @@
 """Score denoisers against references: kprcan models (ONNX, through denoiser_core) and Intel OIDN.
 
-    python training/evaluate.py --data data/renders/val --models fast [other.onnx ...] --spp 4 16 64 \
+    python -m training.evaluate --data data/renders/val --models fast [other.onnx ...] --spp 4 16 64 \
         --out models/eval
+    python -m training.evaluate --data data/renders/val --models fast --spp 16 --error-budget
 
 ``--data`` holds one folder per view with ``reference.exr`` and noisy renders named ``spp<N>.exr``
 (or the two half-sample renders ``spp<N>_a.exr`` / ``spp<N>_b.exr``, averaged here as the full-sample
@@ -10,28 +11,38 @@ input — the layout ``python -m training.datagen`` writes for its validation sp
 Metrics (training/metrics.py): relMSE on linear HDR, PSNR / SSIM / FLIP on clamped sRGB. Writes
 ``results.csv`` (one row per view, spp and method), ``results.md`` (means per spp and method, and per
 view) and ``crops.png`` (noisy | OIDN | each model | reference, one row per view).
+
+``--error-budget`` asks where a model's error comes from instead: the denoised beauty is
+``diffuse_color * diffuse + specular + residual`` (denoiser_core.passes.recombine); the network denoises
+diffuse light and specular radiance, the residual (emission, environment and what the light passes do not
+cover) and the diffuse colour are carried through from the noisy input. For each view it prints the
+model's PSNR and the PSNR it would reach if one of those four terms were the reference's: a large rise
+means that term holds most of the error. A residual gain is error no network output can remove: the noisy
+residual passes straight through. For a model trained with ``denoise_residual`` the residual is part of
+its specular term (the 'ref residual' column then equals 'model'). One table per model and sample count
+(default 16 spp); nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from denoiser_core import load_model, read_exr  # noqa: E402
-from denoiser_core.images import to_srgb, to_uint8, write_png  # noqa: E402
-from denoiser_core.passes import sanitize  # noqa: E402
-from training.datagen.exr_io import read_passes  # noqa: E402
-from training.datagen.quality import find_fireflies  # noqa: E402
-from training.metrics import all_metrics  # noqa: E402
+from denoiser_core import load_model, read_exr
+from denoiser_core.images import psnr, to_srgb, to_uint8, write_png
+from denoiser_core.passes import decompose, recombine, sanitize
+from training.datagen.exr_io import read_passes
+from training.datagen.quality import find_fireflies
+from training.metrics import all_metrics
 
 NOISY_NAME = re.compile(r"^spp(\d+)(?:_([ab]))?\.exr$")
 METRICS = ("relmse", "psnr", "ssim", "flip")
@@ -187,6 +198,61 @@ def summarise(rows: list[dict], reference_checks: dict[str, tuple[float | None, 
     return "\n".join(lines) + "\n"
 
 
+BUDGET_TERMS = ("diffuse", "specular", "residual", "diffuse_color")
+
+
+def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
+    """PSNR (clamped sRGB) of noisy, model and model-with-one-reference-term for one view."""
+    reference = first_layer_passes(view / "reference.exr")
+    inputs = noisy_inputs(view)
+    if spp not in inputs:
+        raise SystemExit(f"error: {view} has no {spp} spp input (has {sorted(inputs)})")
+    noisy = mean_passes(inputs[spp])
+    result = denoiser.denoise(noisy)
+    # split as the model was trained: with denoise_residual the residual is inside its specular term
+    flag = denoiser.info.denoise_residual
+    parts, truth = decompose(noisy, flag), decompose(reference, flag)
+    model_terms = {"diffuse": result.outputs["diffuse_denoised"],
+                   "specular": result.outputs["specular_denoised"],
+                   "residual": parts.residual, "diffuse_color": parts.diffuse_color}
+    target = to_srgb(reference["combined"][..., :3])
+
+    def score(terms: dict[str, np.ndarray]) -> float:  # the core's own recombination, terms swapped in
+        carried = replace(parts, diffuse_color=terms["diffuse_color"], residual=terms["residual"])
+        return psnr(to_srgb(recombine(carried, terms["diffuse"], terms["specular"])), target)
+
+    budget = {"noisy": psnr(to_srgb(noisy["combined"][..., :3]), target), "model": score(model_terms)}
+    for term in BUDGET_TERMS:
+        budget[f"ref {term}"] = score({**model_terms, term: getattr(truth, term)})
+    return budget
+
+
+def scene_kind(view: Path) -> str:
+    scene = view / "scene.json"
+    return json.loads(scene.read_text()).get("kind", "") if scene.is_file() else ""
+
+
+def budget_table(rows: dict[str, dict[str, float]], kinds: dict[str, str]) -> str:
+    columns = list(next(iter(rows.values())))
+    lines = ["| view | kind | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for name, budget in rows.items():
+        lines.append(f"| {name} | {kinds[name]} | " + " | ".join(f"{budget[c]:.2f}" for c in columns) + " |")
+    means = {c: float(np.mean([b[c] for b in rows.values()])) for c in columns}
+    lines.append("| mean | | " + " | ".join(f"{means[c]:.2f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def print_error_budgets(data: Path, model_names: list[str], spps: list[int], device: str) -> None:
+    views = find_views(data)
+    kinds = {view.name: scene_kind(view) for view in views}
+    for name in model_names:
+        denoiser = load_model(name, device)
+        for spp in spps:
+            rows = {view.name: view_budget(denoiser, view, spp) for view in views}
+            print(f"PSNR dB at {spp} spp, model {denoiser.info.name!r}; 'ref X': X taken from the reference")
+            print(budget_table(rows, kinds))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True,
@@ -198,7 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("eval"),
                         help="folder for results.csv/.md, crops.png")
+    parser.add_argument("--error-budget", action="store_true",
+                        help="print where each model's error comes from instead (see error_budget)")
     args = parser.parse_args(argv)
+    if args.error_budget:
+        if not args.models:
+            parser.error("--error-budget needs --models")
+        print_error_budgets(args.data, args.models, args.spp or [16], args.device)
+        return 0
     rows, crops, reference_checks = evaluate(args.data, args.models, args.spp, not args.no_oidn,
                                             args.crop_spp, args.device)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a trained run to the ONNX model contract (docs/contract.md).
 
-    python training/export.py runs/NAME [-o models/NAME.onnx] [--tag best|latest]
+    python -m training.export runs/NAME [-o models/NAME.onnx] [--tag best|latest]
 
 The model is rebuilt from the run's ``config.json`` (never from flags), loaded with its best weights
 (latest when no validation ran) and written as ``NAME.onnx`` (opset >= 17, dynamic N/H/W, contract
@@ -17,9 +17,6 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

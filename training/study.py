@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The architecture and baseline study of docs/experiments.md: every run on the same data and budget.
 
-    python training/study.py run [--only NAME ...] [--root runs/study]     # train (resumes, skips done)
-    python training/study.py report [--root runs/study]                    # markdown table to stdout
+    python -m training.study run [--only NAME ...] [--root runs/study]     # train (resumes, skips done)
+    python -m training.study report [--root runs/study]                    # markdown table to stdout
 
 Each run is ``train.py --config <its configs> --config training/configs/study.yaml`` in
 ``runs/study/<name>``, so it resumes like any run and its folder holds the complete config. The report
@@ -16,9 +16,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 OVERLAY = "study.yaml"
