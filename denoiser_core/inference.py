@@ -147,9 +147,17 @@ def _check_sizes(passes: dict[str, np.ndarray]) -> None:
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto") -> Denoiser:
-    """Load a model by name or path (None: the default model) for ``device`` (auto, cpu, cuda, ...)."""
+    """Load a model by name or path (None: the default model) for ``device`` (auto, cpu, cuda, ...).
+
+    The session is built here, once per call (callers keep the Denoiser). An accelerator that cannot run
+    falls back to the CPU with one warning saying why (``devices.fallback_reason``).
+    """
+    from . import devices  # the module, not names: its probe result is cached there
+
     info = resolve_model(name_or_path)
     providers = providers_for(device)
+    if (device or "auto").lower() == "auto" and providers == [CPU] and devices.fallback_reason("auto"):
+        log.warning("no accelerator could start (%s); running on the CPU", devices.fallback_reason("auto"))
     try:
         session = open_session(info.path, providers, session_options(providers))
     except DenoiserError as accelerator_error:
