@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import OpenEXR
@@ -332,3 +334,34 @@ def test_validation_reads_views_of_two_sizes(packed, tmp_path):
     train_set = SyntheticDataset(8, config.data.patch_size, seed=0)
     result = train(config, tmp_path / "run", train_set=train_set, val_set=val_set, progress=False)
     assert math.isfinite(result["best_psnr"])
+
+
+@pytest.mark.slow
+def test_gpu_recipe_trains_from_a_bundle_for_a_wall_clock_budget(packed, tmp_path):
+    """training/train_on_gpu.sh end to end on this CPU: unbundle, train.py --minutes, time the weights."""
+    import subprocess
+    import sys
+
+    from tests.training_helpers import CONFIGS, REPO
+    from training.datagen import bundle
+
+    work = tmp_path / "views"
+    shutil.copytree(packed[0], work)
+    pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0)
+    bundle.write_bundle(tmp_path / "bundle.zip", [work / "packed" / "train-full"], [])
+    config = tmp_path / "small.yaml"  # a KPCN small enough to plan 100+ steps into half a minute
+    config.write_text(f"base: {CONFIGS / 'kpcn.yaml'}\nmodel: {{width: 8, depth: 3, kernel_size: 3, "
+                      "predict_kernel: 3}\ndata: {patch_size: 32, batch_size: 2, workers: 0, val_batches: 1, "
+                      "val_patch_size: null}\ntrain: {device: cpu, threads: 1}\n")
+    run_dir = tmp_path / "run"
+    environment = {**os.environ, "PYTHON": sys.executable, "CONFIG": str(config), "VAL_SET": "train-full",
+                   "OMP_NUM_THREADS": "1"}
+    command = ["sh", "training/train_on_gpu.sh", str(tmp_path / "bundle.zip"), "0.5", str(run_dir),
+               "--probe-steps", "10", "--no-progress"]
+    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert stored["train"]["steps"] >= 100 and stored["data"]["train"][0].endswith("/train-full")
+    assert (run_dir / "checkpoints" / "best.safetensors").exists()
+    assert "inference 64x64 on cpu" in done.stdout
+    assert not Path(stored["data"]["train"][0]).exists()  # the unpacked bundle is a temporary folder

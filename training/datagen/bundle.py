@@ -1,4 +1,4 @@
-"""Packed shards squeezed into one file for a machine that only takes a small upload (a lent GPU, a
+"""Packed shards squeezed into one file for a machine that only takes a small upload (a rented GPU, a
 colleague's box), and unpacked there into the same folders ``ShardDataset`` reads.
 
     python -m training.datagen bundle --out data/bundle.zip --whole data/packed/val-full \
