@@ -1,4 +1,8 @@
-"""The work of denoise.py: configure passes, render each frame, denoise it, write EXR (and PNG)."""
+"""The work of denoise.py: configure passes, render each frame, denoise it, write EXR (and PNG).
+
+Blender renders; the worker process (worker.py) reads, denoises and writes the EXRs, so the pip OpenEXR
+never runs inside a Blender that has its own (Debian's Blender 3.4 crashed there).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from . import compat, render_setup
 from .core import core
+from .worker import COMPOSITOR_LAYER, Worker, WorkerError, device_text
 
 
 def _fail(message: str, code: int) -> int:
@@ -37,26 +42,25 @@ def render_noisy(scene, path: Path) -> None:
         raise core().DenoiserError(f"{path}: Blender did not write the render", exit_code=1)
 
 
-def write_png(scene, exr_path: Path, png_path: Path) -> None:
+def write_png(scene, worker, exr_path: Path, png_path: Path) -> None:
     """The denoised beauty through the scene's view transform and look, as an 8-bit PNG (atomic)."""
-    dc = core()
-    image = dc.read_exr(exr_path)
-    combined = next((p for p in image.passes if p.canonical == "combined"), None)
-    if combined is None:
-        raise dc.DenoiserError(f"{exr_path}: no Combined pass to write as PNG", exit_code=1)
-    height, width = combined.hwc.shape[:2]
-    rgba = np.ones((height, width, 4), np.float32)
-    rgba[..., :combined.hwc.shape[2]] = combined.hwc[..., :4]
-    preview = bpy.data.images.new("kprcan_png", width, height, alpha=True, float_buffer=True)
+    pixels = png_path.with_name(f".{png_path.stem}.{os.getpid()}.rgba.npy")
     temp = png_path.with_name(f".{png_path.stem}.{os.getpid()}.tmp.png")
+    preview = None
     try:
+        worker.request("beauty", input=str(exr_path), output=str(pixels))
+        rgba = np.load(pixels)
+        height, width = rgba.shape[:2]
+        preview = bpy.data.images.new("kprcan_png", width, height, alpha=True, float_buffer=True)
         preview.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).ravel())  # Blender rows: bottom up
         with compat.temporary_image_settings(scene, compat.set_png):
             preview.save_render(str(temp), scene=scene)
         os.replace(temp, png_path)
     finally:
+        pixels.unlink(missing_ok=True)
         temp.unlink(missing_ok=True)
-        bpy.data.images.remove(preview)
+        if preview is not None:
+            bpy.data.images.remove(preview)
 
 
 def run(args) -> int:
@@ -64,20 +68,23 @@ def run(args) -> int:
         dc = core()
     except ImportError as error:
         return _fail(f"{error} (enable the KPRCAN extension, or pip install onnxruntime OpenEXR)", 1)
+    worker = Worker()
     try:
-        return _run(args, dc)
-    except dc.DenoiserError as error:
+        return _run(args, dc, worker)
+    except (dc.DenoiserError, WorkerError) as error:
         return _fail(str(error), error.exit_code)
     except Exception:  # a bug: show where, still exit non-zero
         traceback.print_exc()
         return 1
+    finally:
+        worker.stop()
 
 
-def _run(args, dc) -> int:
+def _run(args, dc, worker: Worker) -> int:
     scene = bpy.context.scene
     if args.samples is not None and args.samples < 1:
         return _fail("--samples must be at least 1", 2)
-    denoiser = dc.load_model(args.model, args.device)  # a bad model fails before any rendering
+    info = dc.models.resolve_model(args.model)  # metadata only: a bad model name fails before any work
     frames = args.frames or list(range(scene.frame_start, scene.frame_end + 1, scene.frame_step))
     folder = output_folder(args.output)
     stem = Path(bpy.data.filepath).stem if bpy.data.filepath else "untitled"
@@ -87,10 +94,12 @@ def _run(args, dc) -> int:
     existing = [path for path in wanted if path.exists()]
     if existing and not args.overwrite:
         return _fail(f"{existing[0]}: exists (use --overwrite to replace it)", 2)
+    # the session is built once, in the worker process, before any rendering (a bad model file fails here)
+    ran = worker.request("load", model=str(info.path), device=args.device)
     folder.mkdir(parents=True, exist_ok=True)
-    report = render_setup.configure_passes(scene, denoiser.info)
-    print(f"denoise.py: model {denoiser.info.name} on {denoiser.providers[0]}; {report.summary()} "
-          f"(denoiser_core from {Path(dc.__file__).parent})")
+    report = render_setup.configure_passes(scene, info)
+    print(f"denoise.py: model {info.name} {device_text(ran)}; {report.summary()} "
+          f"(denoiser_core from {Path(dc.__file__).parent})", flush=True)
     if args.samples is not None:
         scene.cycles.samples = args.samples
     tile = dc.inference.DEFAULT_TILE if args.tile is None else args.tile
@@ -102,9 +111,10 @@ def _run(args, dc) -> int:
         try:
             render_noisy(scene, noisy)
             rendered = time.perf_counter()
-            dc.denoise_file(noisy, target, model=denoiser, tile=tile, overwrite=True)
+            worker.request("denoise", input=str(noisy), output=str(target), model=str(info.path),
+                           device=args.device, tile=tile, drop_layers=[COMPOSITOR_LAYER])
             if args.png:
-                write_png(scene, target, target.with_suffix(".png"))
+                write_png(scene, worker, target, target.with_suffix(".png"))
         finally:
             if not args.keep_noisy:
                 noisy.unlink(missing_ok=True)

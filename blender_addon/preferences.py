@@ -7,13 +7,13 @@ import zlib
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
+from . import device_probe
 from .core import core_or_none, import_error
+from .worker import DEVICE_LABELS
 
 CUSTOM = "CUSTOM"
 DEFAULT = "DEFAULT"
 AUTO = "auto"
-DEVICE_LABELS = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT", "directml": "DirectML",
-                 "coreml": "CoreML"}
 
 # Blender keeps only pointers to the strings enum item callbacks return: hold them here.
 _model_items: list[tuple[str, str, str]] = []
@@ -38,9 +38,11 @@ def _stable_number(identifier: str) -> int:
 
 
 def _devices(_self, _context):
-    core = core_or_none()
-    items = [(AUTO, "Automatic", "Best available accelerator, else the CPU", "NONE", 0)]
-    for name in core.available_devices() if core else ["cpu"]:
+    """Automatic and the devices that can run here (the probe's answer; CPU until it comes)."""
+    probed = device_probe.probed()
+    items = [(AUTO, "Automatic", "Best accelerator that can run here, else the CPU", "NONE", 0)]
+    usable = [name for name, (ok, _reason) in probed.items() if ok] if probed else ["cpu"]
+    for name in usable:
         label = DEVICE_LABELS.get(name, name)
         items.append((name, label, f"Run on {label}", "NONE", _stable_number(name)))
     _device_items[:] = items

@@ -1,24 +1,25 @@
-"""Running denoise jobs from Blender: requests, the loaded-model cache, the main-thread poll timer.
+"""Running denoise jobs from Blender: requests, the worker process, the main-thread poll timer.
 
-UI sessions run each job on a worker thread (jobs.Job) and poll it from a persistent ``bpy.app.timers``
-callback that redraws the panels and, on the main thread, runs the job's ``on_finish`` (loading images
-and reporting). Background Blender (``-b``) runs jobs synchronously: it has no UI to keep responsive and
-its timers never fire.
+UI sessions run each job on a thread (jobs.Job) that hands each image to the worker process (worker.py,
+which keeps the model loaded) and poll it from a persistent ``bpy.app.timers`` callback that redraws
+the panels and, on the main thread, runs the job's ``on_finish`` (loading images and reporting).
+Background Blender (``-b``) runs jobs synchronously: it has no UI to keep responsive and its timers never
+fire.
 """
 
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
 
-from .core import core
+from . import device_probe
 from .jobs import Job, JobState
 from .preferences import SettingsError, model_choice, preferences, tile_choice
+from .worker import COMPOSITOR_LAYER, Worker, WorkerError, device_text
 
 POLL_SECONDS = 0.25
 
@@ -31,7 +32,8 @@ class Request:
     device: str
     tile: int
     delete_input: bool     # the input is a temp file the add-on wrote
-    drop_layers: tuple[str, ...] = ()   # layers not to copy to the output
+    # the compositor's output layer is the noisy render composited: never worth denoising or keeping
+    drop_layers: tuple[str, ...] = (COMPOSITOR_LAYER,)
 
 
 def request_for(input_path: Path, output_path: Path, delete_input: bool, context=None) -> Request:
@@ -40,46 +42,29 @@ def request_for(input_path: Path, output_path: Path, delete_input: bool, context
                    tile_choice(prefs), delete_input)
 
 
-# --- the work (worker thread: no bpy) ------------------------------------------------------------
+# --- the work (job thread: no bpy; the worker process does the denoising) ---------------------------
 
-_denoisers: dict[tuple, object] = {}
-_denoisers_lock = threading.Lock()
+_worker = Worker()
+last_device: dict = {}      # what the latest denoise ran on: {"device": "cpu", "fallback": reason, ...}
 
 
-def loaded_denoiser(model: str | None, device: str):
-    """A Denoiser, loaded once per (model file, device) and kept for later renders and frames."""
-    dc = core()
-    info = dc.models.resolve_model(model)
-    stat = info.path.stat()
-    key = (str(info.path), stat.st_mtime_ns, device)
-    with _denoisers_lock:
-        if key not in _denoisers:
-            _denoisers.clear()  # one model in memory at a time
-            _denoisers[key] = dc.load_model(str(info.path), device)
-        return _denoisers[key]
+def worker() -> Worker:
+    return _worker
 
 
 def denoise_request(request: Request, progress: Callable[[float], None],
                     cancelled: Callable[[], bool]) -> Path:
-    dc = core()
-    try:
-        denoiser = loaded_denoiser(request.model, request.device)
-        if not request.drop_layers:
-            dc.denoise_file(request.input, request.output, model=denoiser, tile=request.tile,
-                            overwrite=True, progress=progress, cancel=cancelled)
-            return request.output
-        image = dc.read_exr(request.input)
-        image.passes = [p for p in image.passes if p.layer not in request.drop_layers]
-        dc.denoise_image(image, denoiser, request.tile, progress, cancelled)
-        dc.write_exr(image, request.output)
-    finally:
-        if request.delete_input:
-            request.input.unlink(missing_ok=True)
-    return request.output
+    global last_device
+    ran = _worker.request("denoise", progress, cancelled, input=str(request.input),
+                          output=str(request.output), model=request.model, device=request.device,
+                          tile=request.tile, drop_layers=list(request.drop_layers),
+                          delete_input=request.delete_input)
+    last_device = ran
+    return Path(ran["output"])
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
-    return (core().DenoiserError, SettingsError, OSError)
+    return (WorkerError, SettingsError, OSError)
 
 
 # --- jobs as Blender sees them (main thread) -----------------------------------------------------
@@ -137,7 +122,8 @@ def _finish(entry: ActiveJob, state: JobState) -> None:
     elif state.errors:
         last_message, last_error = f"{state.label}: {state.errors[-1]}", True
     else:
-        last_message, last_error = f"{state.label}: done ({state.done} image(s))", False
+        last_message = f"{state.label}: done ({state.done} image(s)) {device_text(last_device)}"
+        last_error = False
     if entry.on_finish is not None:
         entry.on_finish(state)
 
@@ -169,7 +155,7 @@ def poll() -> float:
         _start_watcher()
     if not _active and _watch_failed:
         watching = _watch_failed = False
-    if _active or _redraw_once_more:
+    if _active or _redraw_once_more or device_probe.take_redraw():
         _redraw_panels()
     _redraw_once_more = bool(_active)
     return POLL_SECONDS
@@ -216,5 +202,5 @@ def unregister() -> None:
     _active.clear()
     if bpy.app.timers.is_registered(poll):
         bpy.app.timers.unregister(poll)
-    with _denoisers_lock:
-        _denoisers.clear()
+    _worker.stop()
+    device_probe.reset()
