@@ -27,14 +27,27 @@ HERE = Path(__file__).resolve().parent
 PACKAGE = "kprcan_denoise_script"   # this folder imported as a package (its name differs per install)
 
 
+class UsageError(Exception):
+    """A bad command line: one line on stderr, exit status 2."""
+
+
 def script_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
-    """(.blend given before ``--`` when run by plain Python, options after ``--``)."""
+    """(.blend given before ``--`` when run by plain Python, options after ``--``).
+
+    Under Blender everything before ``--`` is Blender's own. Run by Python (``argv[0]`` is this file),
+    anything there but the .blend would be silently ignored, so it is refused.
+    """
     if "--" in argv:
         cut = argv.index("--")
         before, after = argv[:cut], argv[cut + 1:]
     else:
         before, after = argv, []
     blends = [arg for arg in before[1:] if arg.lower().endswith(".blend")]
+    if before and Path(before[0]).resolve() == Path(__file__).resolve():
+        stray = [arg for arg in before[1:] if arg not in blends[-1:]]
+        if stray:
+            raise UsageError(f"{stray[0]!r} before '--' would be ignored: put options after it, "
+                             f"e.g. python denoise.py scene.blend -- {' '.join(stray)}")
     return (blends[-1] if blends else None), after
 
 
@@ -54,8 +67,15 @@ def parse_frames(text: str) -> list[int]:
     return sorted(frames)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Errors as one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="denoise.py", description="Render and denoise with KPRCAN.")
+    parser = OneLineParser(prog="denoise.py", description="Render and denoise with KPRCAN.")
     parser.add_argument("--frames", type=parse_frames,
                         help="frames to render, e.g. 1-10 or 1,4,9 (default: the scene's frame range)")
     parser.add_argument("--samples", type=int, help="Cycles samples per pixel (default: the scene's)")
@@ -83,8 +103,12 @@ def load_addon_package():
 
 
 def main(argv: list[str]) -> int:
-    blend, options = script_arguments(argv)
-    args = build_parser().parse_args(options)
+    try:
+        blend, options = script_arguments(argv)
+        args = build_parser().parse_args(options)
+    except UsageError as error:
+        print(f"denoise.py: error: {error}", file=sys.stderr)
+        return 2
     import bpy  # after argument parsing: --help works without Blender
 
     load_addon_package()

@@ -57,6 +57,7 @@ def test_three_frames_render_and_denoise_to_exr_and_png(scene, tmp_path):
     assert abs(moved).max() > 0.05  # the sphere moves: each frame is its own render
     assert png_size(out / "anim_0002.png") == (64, 48)
     assert "frame 3:" in result.stdout
+    assert "model guided on CPU" in result.stdout  # which device ran (and why, after a fallback)
 
 
 def test_relative_output_and_no_overwrite_without_asking(scene, tmp_path):
@@ -75,14 +76,29 @@ def test_relative_output_and_no_overwrite_without_asking(scene, tmp_path):
     (("--model", "/nonexistent/model.onnx"), "model file not found"),
     (("--frames", "5-2"), "end before start"),
     (("--samples", "0"), "--samples must be at least 1"),
+    (("--frames", "1", "--bogus"), "unrecognized arguments: --bogus"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(scene, tmp_path, options, message):
     out = tmp_path / "out"
     result = denoise(SCRIPT, scene["blend"], "--output", str(out), "--model", str(scene["model"]), *options,
                      cwd=tmp_path)
     assert result.returncode == 2
-    assert message in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("denoise.py")]
+    assert line.startswith("denoise.py: error: ") and message in line
+    assert "usage:" not in result.stderr  # argparse's usage lines would come before the error
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_options_before_the_double_dash_are_refused(scene, tmp_path):
+    """Without ``--`` every option would be ignored (the whole frame range rendered, exit 0)."""
+    result = subprocess.run([sys.executable, str(SCRIPT), str(scene["blend"]), "--frames", "2",
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "denoise.py: error: '--frames' before '--' would be ignored: put options after it, "
+        "e.g. python denoise.py scene.blend -- --frames 2 --output " + str(tmp_path / "out")]
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_blend_file(tmp_path):
