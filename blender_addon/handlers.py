@@ -1,5 +1,8 @@
 """Render handlers: denoise after a still render, denoise animation frames as they are written.
 
+A still render is denoised when Denoise After Render is on, and also whenever the compositor's KPRCAN
+Denoised node drives the output: that node then shows this render's denoised image, not an older one.
+
 Render handlers may run on Blender's render thread, so they only do quick, thread-safe things there:
 frames go into the worker's queue; a finished still render is handed to the main thread (the runner's
 timer), which saves the Render Result and starts the job. Background Blender renders on the main
@@ -14,7 +17,7 @@ from __future__ import annotations
 import bpy
 from bpy.app.handlers import persistent
 
-from . import actions, runner
+from . import actions, compositor, runner
 
 _frames_written = 0
 
@@ -35,10 +38,17 @@ def on_render_init(_scene, *_args):
     _frames_written = 0
 
 
+STILL_NODE_WARNING = ("the compositor's KPRCAN Denoised node holds one still image: every animation frame "
+                      "composites it (Restore Links in the compositor's KPRCAN tab before rendering "
+                      "animations; Denoise Animation Frames writes each frame's own denoised file)")
+
+
 @persistent
 def on_render_write(scene, *_args):
     global _frames_written
     _frames_written += 1
+    if _frames_written == 1 and compositor.node_in_use(scene) is not None:
+        _report(STILL_NODE_WARNING, error=False)
     settings = _settings(scene)
     if settings is None or not settings.denoise_animation:
         return
@@ -53,9 +63,12 @@ def on_render_write(scene, *_args):
 @persistent
 def on_render_complete(scene, *_args):
     actions.close_animation_job()
+    if _frames_written:
+        return  # an animation / written still: frames are handled per file
     settings = _settings(scene)
-    if settings is None or not settings.denoise_after_render or _frames_written:
-        return  # nothing asked for, or an animation / written still (frames are handled per file)
+    wanted = settings is not None and settings.denoise_after_render
+    if not wanted and compositor.node_in_use(scene) is None:
+        return  # nothing asked for; with our node in the compositor each still gets its own denoise
     if bpy.app.background:
         _denoise_still(scene.name)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import actions, compositor, render_io, render_setup, runner
+from . import actions, compat, compositor, render_io, render_setup, runner
 from .core import core
 from .preferences import SettingsError, model_choice, preferences
 
@@ -59,11 +59,19 @@ class KPRCAN_OT_denoise_last_render(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _inserted_message(node, replaced: list[str]) -> str:
+    text = f"Added node {node.name!r} to the compositor"
+    if replaced:
+        text += f", replacing the link from {', '.join(replaced)} (Restore Links brings it back)"
+    return text
+
+
 class KPRCAN_OT_insert_compositor_nodes(bpy.types.Operator):
     bl_idname = "kprcan.insert_compositor_nodes"
     bl_label = "Denoise"
     bl_description = ("Denoise the last render and add an Image node with the result (beauty, diffuse and "
-                      "specular passes) to the compositor, wired to its output")
+                      "specular passes) to the compositor, wired to its output; later still renders "
+                      "replace its image with their own denoised version")
     bl_options = {"REGISTER", "UNDO"}
 
     @classmethod
@@ -75,7 +83,10 @@ class KPRCAN_OT_insert_compositor_nodes(bpy.types.Operator):
 
         def insert_when_done(state):  # main thread, when the denoise finishes
             if state.results and not state.cancelled:
-                compositor.insert_denoised_node(scene, bpy.data.images[render_io.RESULT_IMAGE], layer)
+                node, replaced = compositor.insert_denoised_node(
+                    scene, bpy.data.images[render_io.RESULT_IMAGE], layer)
+                runner.last_message = f"{runner.last_message}; {_inserted_message(node, replaced)}"
+                _undo_step("Insert KPRCAN Denoised node")
 
         try:
             state = actions.denoise_last_render(scene, on_done=insert_when_done)
@@ -92,16 +103,48 @@ class KPRCAN_OT_insert_compositor_nodes(bpy.types.Operator):
             self.report({"ERROR"}, state.errors[-1])
             return {"CANCELLED"}
         if bpy.app.background:  # else the node appears when the threaded denoise finishes
-            self.report({"INFO"}, f"Added node {compositor.NODE_NAME!r} to the compositor")
+            self.report({"INFO"}, runner.last_message)
         return {"FINISHED"}
 
     def _insert(self, scene, image, layer):
         try:
-            node = compositor.insert_denoised_node(scene, image, layer)
+            node, replaced = compositor.insert_denoised_node(scene, image, layer)
         except ValueError as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Added node {node.name!r} to the compositor")
+        self.report({"INFO"}, _inserted_message(node, replaced))
+        return {"FINISHED"}
+
+
+def _undo_step(name: str) -> None:
+    """An undo step for a change made after the operator returned (the threaded insert): Ctrl+Z then
+    goes back to the compositor as it was. Background Blender keeps no undo history."""
+    if bpy.app.background:
+        return
+    window = next(iter(bpy.context.window_manager.windows), None)
+    try:
+        with bpy.context.temp_override(window=window):
+            bpy.ops.ed.undo_push(message=name)
+    except (RuntimeError, TypeError) as error:
+        print(f"KPRCAN: no undo step for {name!r}: {error}")
+
+
+class KPRCAN_OT_restore_compositor_links(bpy.types.Operator):
+    bl_idname = "kprcan.restore_compositor_links"
+    bl_label = "Restore Links"
+    bl_description = ("Remove the KPRCAN Denoised node and wire the compositor output as it was before "
+                      "Denoise")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        tree = compat.compositor_tree(context.scene, create=False)
+        return tree is not None and compositor.NODE_NAME in tree.nodes
+
+    def execute(self, context):
+        restored = compositor.restore_links(context.scene)
+        text = f"restored the link from {', '.join(restored)}" if restored else "no earlier link to restore"
+        self.report({"INFO"}, f"Removed {compositor.NODE_NAME!r}; {text}")
         return {"FINISHED"}
 
 
@@ -150,6 +193,7 @@ CLASSES = (
     KPRCAN_OT_configure_passes,
     KPRCAN_OT_denoise_last_render,
     KPRCAN_OT_insert_compositor_nodes,
+    KPRCAN_OT_restore_compositor_links,
     KPRCAN_OT_cancel,
     KPRCAN_OT_watch_jobs,
 )

@@ -6,9 +6,10 @@ import textwrap
 
 import bpy
 
-from . import compat, render_setup, runner
+from . import compat, compositor, device_probe, render_setup, runner
 from .core import core_or_none, import_error
 from .preferences import SettingsError, model_choice, preferences
+from .worker import DEVICE_LABELS
 
 MAX_LISTED = 6
 
@@ -31,28 +32,51 @@ def _draw_progress(layout) -> None:
         _label(layout, runner.last_message, "ERROR" if runner.last_error else "INFO")
 
 
-def _draw_model_status(layout, context) -> None:
-    """Which model is used and which passes the scene still lacks for it."""
-    if core_or_none() is None:
-        _label(layout, import_error() or "denoiser_core is not available", "ERROR")
-        return
+STILL_NODE_NOTE = ("The compositor's KPRCAN Denoised node holds one still image: each still render "
+                   "replaces it with its own denoised version, but every animation frame would composite "
+                   "it. Restore Links before rendering animations")
+
+
+def status_lines(context) -> list[tuple[str, str]]:
+    """What the panel's box says, as (text, icon): the model, what the scene still lacks, where the
+    network runs, and what the compositor node does. Pure reading: no session, no file written."""
+    core = core_or_none()
+    if core is None:
+        return [(import_error() or "denoiser_core is not available", "ERROR")]
     try:
         info = render_setup.model_info(model_choice(preferences(context)))
         missing = render_setup.missing_passes(context.scene, info)
-    except (SettingsError, OSError, core_or_none().DenoiserError) as error:
-        _label(layout, str(error), "ERROR")
-        return
-    layout.label(text=f"Model: {info.name} ({info.architecture})", icon="NODE_MATERIAL")
-    passes = core_or_none().passes
+    except (SettingsError, OSError, core.DenoiserError) as error:
+        return [(str(error), "ERROR")]
+    lines = [(f"Model: {info.name} ({info.architecture})", "NODE_MATERIAL")]
     for layer_name, lacking in missing.items():
-        names = ", ".join(passes.display_name(name) for name in lacking[:MAX_LISTED])
+        names = ", ".join(core.passes.display_name(name) for name in lacking[:MAX_LISTED])
         more = f" and {len(lacking) - MAX_LISTED} more" if len(lacking) > MAX_LISTED else ""
-        _label(layout, f"{layer_name} lacks: {names}{more}", "ERROR")
+        lines.append((f"{layer_name} lacks: {names}{more}", "ERROR"))
     if compat.cycles_denoising_enabled(context.scene):
-        layout.label(text="Cycles' own denoiser is on (final render)", icon="INFO")
+        lines.append(("Cycles' own denoiser is on (final render)", "INFO"))
     settings = context.scene.kprcan
     if settings.denoise_animation and not compat.is_multilayer_exr(context.scene.render.image_settings):
-        layout.label(text="Animation frames need OpenEXR MultiLayer output", icon="ERROR")
+        lines.append(("Animation frames need OpenEXR MultiLayer output", "ERROR"))
+    lines += device_lines()
+    if compositor.node_in_use(context.scene) is not None:
+        lines.append((STILL_NODE_NOTE, "NODE_COMPOSITING"))
+    return lines
+
+
+def device_lines() -> list[tuple[str, str]]:
+    """Accelerators that cannot run here and why (from the background probe; nothing while it runs)."""
+    if device_probe.probed() is None:
+        return [("Checking which devices can run here...", "TIME")]
+    if device_probe.error():
+        return [(f"Device check failed: {device_probe.error()}", "ERROR")]
+    return [(f"{DEVICE_LABELS.get(name, name)} cannot run here, so the CPU does: {reason}", "INFO")
+            for name, reason in device_probe.accelerator_problems().items()]
+
+
+def _draw_model_status(layout, context) -> None:
+    for text, icon in status_lines(context):
+        _label(layout, text, icon)
 
 
 class KPRCAN_PT_render(bpy.types.Panel):
@@ -101,6 +125,11 @@ class KPRCAN_PT_compositor(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         layout.operator("kprcan.insert_compositor_nodes", text="Denoise", icon="SHADERFX")
+        tree = compat.compositor_tree(context.scene, create=False)
+        if tree is not None and compositor.NODE_NAME in tree.nodes:
+            layout.operator("kprcan.restore_compositor_links", icon="LOOP_BACK")
+        if compositor.node_in_use(context.scene) is not None:
+            _label(layout.box(), STILL_NODE_NOTE, "INFO", width=40)
         _draw_progress(layout)
 
 

@@ -38,9 +38,9 @@ def save_render_result(scene) -> Path:
     try:
         with compat.temporary_image_settings(scene, compat.set_multilayer_exr):
             image.save_render(str(path), scene=scene)
-    except RuntimeError as error:  # "Image 'Render Result' does not have any image data"
+    except RuntimeError:  # Blender's "Error: Image 'Render Result' does not have any image data\n"
         path.unlink(missing_ok=True)
-        raise NoRenderError(f"no render to denoise: render an image first (F12) ({error})") from None
+        raise NoRenderError("no render to denoise: render an image first (F12)") from None
     return path
 
 
@@ -77,7 +77,9 @@ def frame_output(frame_path: Path, prefs) -> Path:
 def load_result_image(path: Path):
     """Show ``path`` as the image datablock "KPRCAN Denoised" (reloaded if it exists) and return it."""
     image = bpy.data.images.get(RESULT_IMAGE)
-    if image is not None and image.type == "IMAGE":
+    # reloaded in place, so every user of the datablock (the compositor node) sees the new result; a
+    # multilayer EXR is type MULTILAYER, not IMAGE
+    if image is not None and image.source == "FILE":
         image.filepath = str(path)
         image.reload()
     else:
