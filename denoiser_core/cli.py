@@ -1,20 +1,25 @@
 """``kprcan``: denoise Cycles multilayer EXRs from the command line.
 
 Errors are one line on stderr (``kprcan: error: ...``) with exit code 2 for usage / input problems and 1
-for internal ones; ``-v`` adds tracebacks for internal errors.
+for internal ones; ``-v`` adds tracebacks for internal errors. Ctrl+C exits 130 and SIGTERM 143, both after
+removing temporary files and releasing claims; a closed stdout (``kprcan models | head -1``) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 import traceback
 
 from tqdm import tqdm
 
 from .devices import DEVICE_NAMES
-from .errors import DenoiserError
+from .errors import DenoiserError, Terminated
 from .inference import DEFAULT_TILE
 
 log = logging.getLogger("kprcan")
@@ -90,24 +95,67 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
-    from . import commands  # after logging is set up; keeps `kprcan --help` quick
+    with _terminate_on_signals():
+        try:  # the signals may also land while an error below is being reported
+            return _run(args)
+        except KeyboardInterrupt:
+            print("kprcan: interrupted", file=sys.stderr)
+            return 130
+        except Terminated as terminated:
+            print(f"kprcan: terminated ({signal.Signals(terminated.signal_number).name})", file=sys.stderr)
+            return 128 + terminated.signal_number
 
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        return getattr(commands, f"run_{args.command}")(args)
+        from . import commands  # after logging is set up; keeps `kprcan --help` quick
+
+        code = getattr(commands, f"run_{args.command}")(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except DenoiserError as error:
         print(f"kprcan: error: {error.message}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("kprcan: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("kprcan: error: out of memory (try a smaller --tile)", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (`| head`): like other Unix tools, stop quietly
+        _discard_stdout()
+        return 0
+    except MemoryError:  # the network's own allocations are reported by inference with a hint
+        print("kprcan: error: out of memory reading, preparing or writing the frame (its passes must fit in "
+              "memory: a smaller --tile does not help here)", file=sys.stderr)
         return 1
     except Exception as error:  # a bug: still one line unless -v asks for the traceback
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"kprcan: internal error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _terminate_on_signals():
+    """SIGTERM raises Terminated in the main thread (once: a second one during cleanup is ignored)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def terminate(number, _frame):
+        signal.signal(number, signal.SIG_IGN)
+        raise Terminated(number)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no descriptor to replace (stdout closed or not a file)
+        pass
 
 
 if __name__ == "__main__":

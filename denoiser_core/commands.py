@@ -16,7 +16,7 @@ from .exr import ExrImage, check_exr_file, read_exr
 from .inference import VARIANCE_INPUTS, load_model, missing_for, required_passes
 from .models import ModelInfo, list_models, model_dirs, resolve_model
 from .passes import missing_passes_hint
-from .pipeline import check_output_path, denoise_file
+from .pipeline import Claimed, check_output_path, denoise_claimed
 from .sequence import plan_jobs
 
 log = logging.getLogger("kprcan")
@@ -43,6 +43,10 @@ class _LazyBar:
             self.bar.close()
 
 
+# How often a worker looks again at frames other workers hold.
+CLAIM_POLL_SECONDS = 2.0
+
+
 def run_denoise(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args.inputs, args.output)
     for source, target in jobs:  # every input and output checked before any model is loaded
@@ -57,25 +61,51 @@ def run_denoise(args: argparse.Namespace) -> int:
     denoiser = load_model(args.model, args.device)
     quiet = getattr(args, "quiet", False)
     frames = _LazyBar(not quiet and len(todo) > 1, total=len(todo), unit="frame", desc="denoise")
-    first_failure = 0
-    for done, (source, target) in enumerate(todo, start=1):
-        tiles = _LazyBar(not quiet and len(todo) == 1, total=100, unit="%", desc=source.name, leave=False)
-        started = time.perf_counter()
-        try:
-            denoise_file(source, target, denoiser, tile=args.tile, overwrite=args.overwrite,
-                         progress=tiles.to, half=args.half)
-        except DenoiserError as error:
-            tiles.close()
-            if len(todo) == 1:
-                raise
-            log.error("%s", error.message)
-            first_failure = first_failure or error.exit_code
-        else:
-            tiles.close()
-            log.info("%s -> %s (%.1f s)", source, target, time.perf_counter() - started)
-        frames.to(done / len(todo))
+    first_failure, finished, elsewhere = 0, 0, 0
+    pending, held_before = todo, set()
+    while pending:  # frames other workers hold come back until they are done (by them, or by us)
+        held = []
+        for source, target in pending:
+            outcome = _denoise_frame(source, target, denoiser, args, target in held_before,
+                                     bar=not quiet and len(todo) == 1)
+            if outcome is Claimed.HELD_ELSEWHERE:
+                held.append((source, target))
+                continue
+            if isinstance(outcome, DenoiserError):
+                if len(todo) == 1:
+                    raise outcome
+                log.error("%s", outcome.message)
+                first_failure = first_failure or outcome.exit_code
+            elif outcome is Claimed.DONE_ELSEWHERE:
+                elsewhere += 1
+            finished += 1
+            frames.to(finished / len(todo))
+        if held and not held_before:
+            log.info("waiting for %d frame(s) other workers are denoising", len(held))
+        held_before |= {target for _source, target in held}
+        pending = held
+        if pending:
+            time.sleep(CLAIM_POLL_SECONDS)
     frames.close()
+    if elsewhere:
+        log.info("%d of %d frames were denoised by other workers", elsewhere, len(todo))
     return first_failure
+
+
+def _denoise_frame(source: Path, target: Path, denoiser, args: argparse.Namespace, held_before: bool,
+                   bar: bool) -> Claimed | DenoiserError:
+    tiles = _LazyBar(bar, total=100, unit="%", desc=source.name, leave=False)
+    started = time.perf_counter()
+    try:
+        outcome = denoise_claimed(source, target, denoiser, tile=args.tile, overwrite=args.overwrite,
+                                  half=args.half, progress=tiles.to, held_before=held_before)
+    except DenoiserError as error:
+        return error
+    finally:
+        tiles.close()
+    if outcome is Claimed.WRITTEN:
+        log.info("%s -> %s (%.1f s)", source, target, time.perf_counter() - started)
+    return outcome
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -17,3 +17,15 @@ class DenoiserError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when a termination signal arrives (SIGTERM: a render farm cancelling a
+    job), so that cleanup (temporary files, claims) runs as it does for Ctrl+C's KeyboardInterrupt.
+
+    A BaseException like KeyboardInterrupt, so ``except Exception`` blocks do not swallow it.
+    """
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number

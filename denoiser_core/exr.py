@@ -11,6 +11,7 @@ back without a copy, and ``ExrPass.hwc`` is a free (H, W, C) view for the denois
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,9 @@ HALF_MAX = float(np.finfo(np.float16).max)  # 65504
 _COMPONENT_RANK = {"R": 0, "G": 1, "B": 2, "A": 3, "X": 0, "Y": 1, "Z": 2, "W": 3, "U": 0, "V": 1}
 # Header attributes that describe the file's layout; the writer sets its own.
 _STRUCTURAL_ATTRIBUTES = {"channels", "chunkCount", "type", "tiles", "name", "version", "lineOrder"}
+# Temp files are ``.NAME.XXXXXXXX.tmp`` beside the output (temp_path_for, stale_temporaries).
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RANDOM = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between prefix and suffix
 
 
 def _use_every_core() -> None:
@@ -224,12 +228,13 @@ def write_exr(image: ExrImage, path: str | os.PathLike, *, half: bool = False) -
 
 
 def temp_path_for(path: Path) -> Path:
-    """A fresh, already-created temp file next to ``path`` (so the folder is known writable)."""
+    """A fresh, already-created temp file next to ``path`` (so the folder is known writable):
+    ``.NAME.XXXXXXXX.tmp``, see stale_temporaries."""
     import tempfile
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     except OSError as error:
         raise DenoiserError(f"{path.parent}: cannot write output there ({error.strerror})") from None
     os.close(handle)
@@ -238,6 +243,17 @@ def temp_path_for(path: Path) -> Path:
     os.umask(umask)
     os.chmod(name, 0o666 & ~umask)
     return Path(name)
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """Temp files temp_path_for made for ``path`` that are still there: left by a run that was killed
+    (SIGKILL, power loss), or being written right now by another process; callers that remove them must
+    know no one is writing ``path`` (claims.claim)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_RANDOM}{re.escape(_TEMP_SUFFIX)}")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:  # no folder yet: nothing left behind
+        return []
 
 
 def write_exr_in_place(image: ExrImage, path: Path, *, half: bool = False,

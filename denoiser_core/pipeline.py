@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .claims import claim
 from .errors import DenoiserError
-from .exr import ExrImage, check_exr_file, read_exr, temp_path_for, write_exr_in_place
+from .exr import ExrImage, check_exr_file, read_exr, stale_temporaries, temp_path_for, write_exr_in_place
 from .inference import DEFAULT_TILE, Denoiser, load_model
 from .passes import sanitize
 
@@ -27,13 +30,41 @@ def same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+# Folders of special files: an output there (/dev/stdout when it is redirected to a file) would be
+# renamed over the special entry itself.
+_SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"), Path("/sys"))
+
+
 def check_output_path(input_path: Path, output_path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, outputs that are the input, a folder, something other than a regular file
+    (FIFO, device, socket; through symlinks too), or that exist without ``overwrite``."""
     if same_file(input_path, output_path):
         raise DenoiserError(f"{output_path}: output is the input file; choose another output path")
     if output_path.is_dir():
         raise DenoiserError(f"{output_path}: is a folder; give an output file name")
+    special = _not_a_regular_file(output_path)
+    if special:
+        raise DenoiserError(f"{output_path}: {special}; outputs are written only as regular files (give a "
+                            "file path)")
     if output_path.exists() and not overwrite:
         raise DenoiserError(f"{output_path}: exists (use --overwrite to replace it)")
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be an output although it is no folder: it exists (followed through symlinks)
+    and is not a regular file, or it lies in a system folder. None when it is fine."""
+    folder = Path(os.path.abspath(path)).parent
+    if any(folder == system or system in folder.parents for system in _SYSTEM_FOLDERS):
+        return f"is in the system folder {folder}"
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # absent or a symlink to nothing (os.replace puts a file in its place), or a folder
+        return None  # that cannot be written to, which temp_path_for reports
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return "is " + next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def denoisable_layers(image: ExrImage, denoiser: Denoiser) -> list[str]:
@@ -142,3 +173,34 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
         temp.unlink(missing_ok=True)
         raise
     return output_path
+
+
+class Claimed(enum.Enum):
+    """What denoise_claimed did with one output."""
+
+    WRITTEN = "written"
+    DONE_ELSEWHERE = "done by another worker"
+    HELD_ELSEWHERE = "held by another worker"
+
+
+def denoise_claimed(input: Path, output: Path, denoiser: Denoiser, *, tile: int = DEFAULT_TILE,
+                    overwrite: bool = False, half: bool = False,
+                    progress: Callable[[float], None] | None = None, held_before: bool = False) -> Claimed:
+    """denoise_file under a claim on ``output`` (claims.claim), for workers sharing a sequence.
+
+    HELD_ELSEWHERE while another live worker holds the claim (ask again later, with ``held_before``);
+    DONE_ELSEWHERE when the output exists and is not to be redone: without ``overwrite``, or when the
+    worker that held it when we last looked released it (it finished; one whose claim went stale did not).
+    Under the claim no one else writes ``output``, so temp files of it left by killed runs are removed.
+    """
+    held = claim(output)
+    if held is None:
+        return Claimed.HELD_ELSEWHERE
+    with held:
+        if output.exists() and (not overwrite or (held_before and not held.took_over)):
+            return Claimed.DONE_ELSEWHERE
+        for temp in stale_temporaries(output):
+            log.info("removing %s, left by a run that was stopped", temp)
+            temp.unlink(missing_ok=True)
+        denoise_file(input, output, denoiser, tile=tile, overwrite=overwrite, progress=progress, half=half)
+    return Claimed.WRITTEN

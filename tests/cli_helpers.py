@@ -22,12 +22,28 @@ class Run:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
+def _environment(home: Path, model_path: Path | None) -> dict[str, str]:
+    return dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO), KPRCAN_MODEL_PATH=str(model_path or ""))
+
+
 def kprcan(*args: str | os.PathLike, home: Path, model_path: Path | None = None, timeout: int = 300) -> Run:
     """``python -m denoiser_core ARGS`` with HOME and $KPRCAN_MODEL_PATH pointing at test folders."""
-    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO), KPRCAN_MODEL_PATH=str(model_path or ""))
-    done = subprocess.run([sys.executable, "-m", "denoiser_core", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-m", "denoiser_core", *map(str, args)], cwd=REPO,
+                          env=_environment(home, model_path), capture_output=True, text=True, timeout=timeout)
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+def start_kprcan(*args: str | os.PathLike, home: Path, model_path: Path | None = None) -> subprocess.Popen:
+    """``kprcan ARGS`` started in the background (for workers running side by side, and signals);
+    finish it with ``finish``."""
+    return subprocess.Popen([sys.executable, "-m", "denoiser_core", *map(str, args)], cwd=REPO,
+                            env=_environment(home, model_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: int = 300) -> Run:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return Run(process.returncode, stdout, stderr)
 
 
 def assert_one_line_error(run: Run, code: int, *fragments: str) -> str:

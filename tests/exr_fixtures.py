@@ -15,8 +15,9 @@ import OpenEXR
 
 from denoiser_core.passes import PASS_TABLE, blender_pass_name
 
-# The passes a 4.5 render with every denoiser pass enabled writes (no Noisy Image: Blender's denoiser off).
-ALL_RENDER_PASSES = [name for name in PASS_TABLE if name != "noisy_image"]
+# The passes a 4.5 render with every denoiser pass enabled writes (no Noisy Image: Blender's denoiser off;
+# no Vector: motion is no denoiser pass).
+ALL_RENDER_PASSES = [name for name in PASS_TABLE if name not in ("noisy_image", "vector")]
 COMPONENTS = {4: "RGBA", 3: "RGB", 1: "Z"}
 VECTOR_PASSES = {"normal", "denoising_normal"}
 

@@ -9,7 +9,14 @@ exactly like a trained model would be.
 * ``pooled``: 2x2 average pool, 3x3 box, 2x nearest upsample: depends on the 2-pixel grid, so tiles must
   be aligned; receptive radius 3, size multiple 8.
 * ``variance``: ``guided`` plus the two variance inputs (needs_variance true).
-* ``nonfinite``: outputs Inf/NaN (the core must sanitise them).
+* ``nonfinite``: outputs Inf/NaN (a broken model: the core must refuse its output).
+* ``nan``: outputs NaN everywhere (the same, without Inf).
+* ``slow``: ``guided`` plus a stack of wide convolutions whose result is multiplied by 0: ~150 kFLOP per
+  pixel (SLOW_LAYERS), so that a second worker or a signal meets a frame mid-work.
+* ``greedy``: asks onnxruntime for terabytes per window (an Expand), which its allocator refuses.
+
+``build_model(..., input_shapes={"normal": ["N", 4, "H", "W"]})`` declares other input shapes than the
+contract's (the graph still runs: every builder reduces or filters channel-wise).
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ REQUIRED_PASSES = [
 ]
 
 
-def _value(name: str, channels: int):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, "H", "W"])
+def _value(name: str, channels: int, shape: list | None = None):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape or ["N", channels, "H", "W"])
 
 
 def _box(channels: int, size: int) -> np.ndarray:
@@ -104,16 +111,63 @@ def _nonfinite_nodes(inits: list) -> list:
             helper.make_node("Div", ["specular", "zero"], ["specular_denoised"])]
 
 
+def _nan_nodes(inits: list) -> list:
+    inits.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+    return [helper.make_node("Add", [s, "nan"], [f"{s}_denoised"]) for s in ("diffuse", "specular")]
+
+
+SLOW_WIDTH, SLOW_LAYERS = 32, 8  # 3x3 convolutions of 32 -> 32 channels: 2 * 32 * 32 * 9 FLOP per pixel each
+
+
+def _slow_nodes(inits: list) -> list:
+    nodes = _guided_nodes(inits)
+    rng = np.random.default_rng(0)
+    inits += [numpy_helper.from_array(rng.normal(0, 0.1, (SLOW_WIDTH, 3, 3, 3)).astype(np.float32), "w_in"),
+              numpy_helper.from_array(rng.normal(0, 0.05, (SLOW_WIDTH, SLOW_WIDTH, 3, 3)).astype(np.float32),
+                                      "w_mid"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "nothing")]
+    nodes.append(helper.make_node("Conv", ["diffuse", "w_in"], ["slow_0"], pads=[1, 1, 1, 1]))
+    for layer in range(SLOW_LAYERS):
+        nodes += [helper.make_node("Conv", [f"slow_{layer}", "w_mid"], [f"slow_conv_{layer}"],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"slow_conv_{layer}"], [f"slow_{layer + 1}"])]
+    nodes += [helper.make_node("ReduceMean", [f"slow_{SLOW_LAYERS}"], ["slow_mean"], keepdims=1),
+              helper.make_node("Mul", ["slow_mean", "nothing"], ["slow_zero"])]
+    producer = next(node for node in nodes if node.output[0] == "diffuse_denoised")
+    producer.output[0] = "diffuse_fast"
+    nodes.append(helper.make_node("Add", ["diffuse_fast", "slow_zero"], ["diffuse_denoised"]))
+    return nodes
+
+
+def _greedy_nodes(inits: list) -> list:
+    inits += [numpy_helper.from_array(np.array([1 << 20, 1 << 14, 1, 1, 1], np.int64), "huge"),
+              numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "nothing")]
+    nodes = _identity_nodes(inits)
+    nodes[0].output[0] = "diffuse_same"
+    return nodes + [
+        helper.make_node("Unsqueeze", ["diffuse", "axis0"], ["diffuse_5d"]),
+        helper.make_node("Expand", ["diffuse_5d", "huge"], ["enormous"]),  # 2**34 copies of the window
+        helper.make_node("ReduceMax", ["enormous"], ["enormous_max"], keepdims=0),
+        helper.make_node("Mul", ["enormous_max", "nothing"], ["enormous_zero"]),
+        helper.make_node("Add", ["diffuse_same", "enormous_zero"], ["diffuse_denoised"]),
+    ]
+
+
 KINDS = {  # kind -> (node builder, receptive radius, size multiple)
     "identity": (_identity_nodes, 0, 1),
     "guided": (_guided_nodes, 2, 1),
     "pooled": (_pooled_nodes, 3, 8),
     "variance": (_guided_nodes, 2, 1),
     "nonfinite": (_nonfinite_nodes, 0, 1),
+    "nan": (_nan_nodes, 0, 1),
+    "slow": (_slow_nodes, 2, 1),
+    "greedy": (_greedy_nodes, 0, 1),
 }
 
 
-def build_model(kind: str, name: str | None = None, **metadata_overrides: str | None) -> onnx.ModelProto:
+def build_model(kind: str, name: str | None = None, input_shapes: dict[str, list] | None = None,
+                **metadata_overrides: str | None) -> onnx.ModelProto:
     builder, radius, multiple = KINDS[kind]
     inputs = dict(BASE_INPUTS, **(VARIANCE_INPUTS if kind == "variance" else {}))
     inits: list = []
@@ -125,7 +179,9 @@ def build_model(kind: str, name: str | None = None, **metadata_overrides: str | 
             producer.output[0] = f"{source}_pre"
             nodes += [helper.make_node("Mul", [f"{source}_variance", "nothing"], [f"{source}_var0"]),
                       helper.make_node("Add", [f"{source}_pre", f"{source}_var0"], [f"{source}_denoised"])]
-    graph = helper.make_graph(nodes, f"kprcan_test_{kind}", [_value(n, c) for n, c in inputs.items()],
+    shapes = input_shapes or {}
+    graph = helper.make_graph(nodes, f"kprcan_test_{kind}",
+                              [_value(n, c, shapes.get(n)) for n, c in inputs.items()],
                               [_value(n, 3) for n in OUTPUTS], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -136,9 +192,9 @@ def build_model(kind: str, name: str | None = None, **metadata_overrides: str | 
 
 
 def save_model(folder: Path, kind: str, name: str | None = None, filename: str | None = None,
-               **metadata_overrides: str | None) -> Path:
+               input_shapes: dict[str, list] | None = None, **metadata_overrides: str | None) -> Path:
     """Write a test model to ``folder/filename`` (default ``<name or kind>.onnx``) and return the path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (filename or f"{name or kind}.onnx")
-    onnx.save(build_model(kind, name, **metadata_overrides), str(path))
+    onnx.save(build_model(kind, name, input_shapes, **metadata_overrides), str(path))
     return path

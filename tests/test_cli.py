@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import OpenEXR
@@ -168,3 +171,36 @@ def test_usage_errors_are_one_line(setup):
     assert_one_line_error(run("denoise", source, "-o", tmp_path / "o.exr", "--tile", "0"), 2, "--tile")
     result = run("denoise", source, "-o", tmp_path / "o.exr", "--device", "abacus")
     assert_one_line_error(result, 2, "--device")
+
+
+def test_outputs_that_are_not_regular_files_are_refused_before_any_work(setup):
+    """A FIFO, a device or a socket at the output path (directly or through a symlink) is refused with
+    exit 2 even with --overwrite, and left as it is: it was once replaced by a regular file."""
+    tmp_path, source, run = setup
+    fifo = tmp_path / "fifo.exr"
+    os.mkfifo(fifo)
+    (tmp_path / "to_fifo.exr").symlink_to(fifo)
+    (tmp_path / "to_null.exr").symlink_to(os.devnull)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "socket.exr"))
+    cases = {"fifo.exr": "is a FIFO", "to_fifo.exr": "is a FIFO", "to_null.exr": "is a character device",
+             "socket.exr": "is a socket"}
+    try:
+        for name, kind in cases.items():
+            for overwrite in ((), ("--overwrite",)):
+                # a model that does not exist: the output check comes first, before any model is loaded
+                result = run("denoise", source, "-o", tmp_path / name, *overwrite, "--model", "absent")
+                assert_one_line_error(result, 2, f"{name}: {kind}", "regular file")
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert stat.S_ISSOCK(os.stat(tmp_path / "socket.exr").st_mode)
+        assert os.path.islink(tmp_path / "to_null.exr") and os.path.islink(tmp_path / "to_fifo.exr")
+        assert not list(tmp_path.glob(".*.tmp"))
+    finally:
+        server.close()
+    system = Path("/dev") / f"kprcan-test-{os.getpid()}.exr"
+    try:
+        assert_one_line_error(run("denoise", source, "-o", system, "--overwrite"), 2,
+                              "is in the system folder /dev")
+        assert not system.exists() and not list(Path("/dev").glob(f".{system.name}.*"))
+    finally:
+        system.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -150,3 +151,33 @@ def test_every_way_of_starting_the_cli(tmp_path):
     for command in commands:
         done = subprocess.run([*command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert done.returncode == 0 and "denoise" in done.stdout and "demo" in done.stdout, command
+
+
+@pytest.mark.parametrize("command", [["models"], ["info", "RENDER"]])
+def test_a_closed_stdout_pipe_ends_quietly(env, command):
+    """``kprcan models | head -1``: the reader is gone before kprcan writes; like other Unix tools kprcan
+    stops quietly with exit 0 (it printed "internal error: BrokenPipeError" and exited 1)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO
+
+    tmp_path, _run = env
+    render = write_blender_exr(tmp_path / "r.exr", synthetic_passes(8, 8))
+    args = [str(render) if arg == "RENDER" else arg for arg in command]
+    env_vars = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO),
+                    KPRCAN_MODEL_PATH=str(tmp_path / "models"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already gone, as `head -1` is after its line
+    try:
+        done = subprocess.run([sys.executable, "-m", "denoiser_core", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, env=env_vars, cwd=REPO, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    shell = subprocess.run(["bash", "-o", "pipefail", "-c",
+                            f"{shlex.join([sys.executable, '-m', 'denoiser_core', *args])} | head -1"],
+                           capture_output=True, env=env_vars, cwd=REPO, text=True, timeout=120)
+    assert shell.returncode == 0 and shell.stderr == "", shell.stderr
+    assert len(shell.stdout.splitlines()) == 1
