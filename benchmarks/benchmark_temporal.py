@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         run = denoise_shot(paths["noisy"], model, settings, with_oidn=not args.no_oidn)
         for method, frames in run["outputs"].items():
             used = " ".join(f"{u:.2f}" for u in run["history_used"]) if method == "temporal" else ""
-            print(f"{shot:<8} {method:<10} {mean_psnr(frames, references):8.2f} {flicker(frames):9.5f}  {used}")
+            quality = mean_psnr(frames, references)
+            print(f"{shot:<8} {method:<10} {quality:8.2f} {flicker(frames):9.5f}  {used}")
     return 0
 
 
