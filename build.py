@@ -6,6 +6,8 @@
     python build.py --check dist/kprcan_denoiser-0.1.0-linux-x64.zip
     python build.py --wheels-from DIR        # offline: wheels only from DIR
     python build.py --no-wheels              # zip without wheels (uses Blender's own onnxruntime/OpenEXR)
+    python build.py --cpu-only               # plain onnxruntime: smaller zips, named ...-cpu.zip
+    python build.py --directml               # windows-x64 with onnxruntime-directml: ...-directml.zip
 
 Each zip holds blender_addon/* at its root, a copy of denoiser_core/ (the add-on imports it by that
 name), the shipped models (models/*.onnx -> models/, found by denoiser_core next to the package) and
@@ -18,6 +20,7 @@ serve its tooling, not inference.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -42,7 +45,12 @@ PLATFORMS = {
     "macos-arm64": (("macosx_11_0_arm64",), "onnxruntime"),
     "macos-x64": (("macosx_11_0_x86_64",), "onnxruntime"),
 }
-REQUIREMENTS = ("{onnxruntime}>=1.16", "OpenEXR>=3.2")
+# OpenEXR: 3.4 is the first whose OpenEXR.File reads every file the core reads (3.2 has no File, 3.3 misreads
+# multi-part files), 3.5 the first with multi-threaded compression (set_global_thread_count).
+REQUIREMENTS = ("{onnxruntime}>=1.16", "OpenEXR>=3.5")
+# Which onnxruntime a zip bundles, and the suffix its name gets (one zip per platform and runtime).
+RUNTIMES = {"gpu": "", "cpu": "-cpu", "directml": "-directml"}
+DIRECTML_PLATFORMS = ("windows-x64",)
 # Python of the Blender releases a build targets -> (blender_version_min, blender_version_max or None)
 PYTHON_BLENDER = {"3.11": ("4.2.0", "5.1.0"), "3.13": ("5.1.0", None)}
 
@@ -56,11 +64,13 @@ def log(message: str) -> None:
 
 
 def download_wheels(platform: str, python: str, cache: Path, offline_dir: Path | None,
-                    cpu_only: bool) -> list[Path]:
+                    runtime: str = "gpu") -> list[Path]:
     """The wheels for ``platform`` (one per requirement), downloaded into ``cache`` (or found offline)."""
     tags, onnxruntime = PLATFORMS[platform]
-    if cpu_only:
+    if runtime == "cpu":
         onnxruntime = "onnxruntime"
+    elif runtime == "directml":
+        onnxruntime = "onnxruntime-directml"
     dest = cache / platform / f"py{python}"
     dest.mkdir(parents=True, exist_ok=True)
     wheels = []
@@ -118,12 +128,16 @@ def _files(root: Path):
             yield path
 
 
-def build_zip(platform: str, python: str, wheels: list[Path], dist: Path) -> Path:
-    """Write dist/<id>-<version>-<platform>[-py313].zip atomically; returns its path."""
+def build_zip(platform: str, python: str, wheels: list[Path], dist: Path, runtime: str = "gpu") -> Path:
+    """Write dist/<id>-<version>-<platform>[-cpu|-directml][-py313].zip atomically; returns its path.
+
+    The zip gets the permissions of any new file (mkstemp makes its temp file 0600, which would leave a
+    zip other users of a shared install folder cannot read).
+    """
     manifest = manifest_text(platform, python, wheels)
     ext_id = re.search(r'(?m)^id\s*=\s*"([^"]+)"', manifest).group(1)
     version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', manifest).group(1)
-    suffix = "" if python == "3.11" else f"-py{python.replace('.', '')}"
+    suffix = RUNTIMES[runtime] + ("" if python == "3.11" else f"-py{python.replace('.', '')}")
     target = dist / f"{ext_id}-{version}-{platform}{suffix}.zip"
     dist.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=dist, prefix=f".{target.name}.", suffix=".tmp")
@@ -140,6 +154,9 @@ def build_zip(platform: str, python: str, wheels: list[Path], dist: Path) -> Pat
                 archive.write(path, f"models/{path.name}")
             for wheel in wheels:  # already compressed: store as is
                 archive.write(wheel, f"wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)
+        umask = os.umask(0)
+        os.umask(umask)
+        temp.chmod(0o666 & ~umask)
         temp.replace(target)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -236,7 +253,7 @@ def _check_wheels(path: Path, manifest: dict, names: set[str], require_wheels: b
     distributions = {Path(w).name.split("-")[0].lower() for w in listed}
     if "numpy" in distributions:
         raise BuildError(f"{path}: bundles numpy, which Blender ships (two numpy copies conflict)")
-    has_runtime = bool({"onnxruntime", "onnxruntime_gpu"} & distributions)
+    has_runtime = bool({"onnxruntime", "onnxruntime_gpu", "onnxruntime_directml"} & distributions)
     if require_wheels and not (has_runtime and "openexr" in distributions):
         raise BuildError(f"{path}: needs onnxruntime and OpenEXR wheels, has {sorted(distributions)}")
     for platform in manifest.get("platforms", []):
@@ -257,7 +274,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     wheels = parser.add_mutually_exclusive_group()
     wheels.add_argument("--wheels-from", type=Path, help="take wheels only from this folder (offline)")
     wheels.add_argument("--no-wheels", action="store_true", help="bundle no wheels")
-    parser.add_argument("--cpu-only", action="store_true", help="onnxruntime instead of onnxruntime-gpu")
+    runtime = parser.add_mutually_exclusive_group()
+    runtime.add_argument("--cpu-only", action="store_true",
+                         help="onnxruntime instead of onnxruntime-gpu (zip name ends in -cpu)")
+    runtime.add_argument("--directml", action="store_true",
+                         help="onnxruntime-directml: any DirectX 12 GPU on Windows (windows-x64 only; "
+                              "zip name ends in -directml)")
     parser.add_argument("--validate", action="store_true", help="check each zip after building it")
     parser.add_argument("--check", type=Path, nargs="+", metavar="ZIP", help="only validate these zips")
     return parser.parse_args(argv)
@@ -275,10 +297,15 @@ def main(argv: list[str] | None = None) -> int:
             raise BuildError(f"{args.wheels_from}: no such folder (--wheels-from)")
         if not (CORE / "__init__.py").is_file():
             raise BuildError(f"{CORE}: denoiser_core package missing")
-        for platform in args.platform or sorted(PLATFORMS):
+        runtime = "cpu" if args.cpu_only else "directml" if args.directml else "gpu"
+        platforms = args.platform or (DIRECTML_PLATFORMS if runtime == "directml" else sorted(PLATFORMS))
+        if runtime == "directml" and set(platforms) - set(DIRECTML_PLATFORMS):
+            raise BuildError(f"--directml builds only {', '.join(DIRECTML_PLATFORMS)} "
+                             "(onnxruntime-directml is for Windows)")
+        for platform in platforms:
             wheels = [] if args.no_wheels else download_wheels(
-                platform, args.python_version, args.cache, args.wheels_from, args.cpu_only)
-            target = build_zip(platform, args.python_version, wheels, args.dist)
+                platform, args.python_version, args.cache, args.wheels_from, runtime)
+            target = build_zip(platform, args.python_version, wheels, args.dist, runtime)
             if args.validate:
                 check_zip(target, expected_models=expected_models(), platform=platform,
                           require_wheels=not args.no_wheels)

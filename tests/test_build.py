@@ -5,6 +5,11 @@ The downloads go through .cache/wheels, so only a first run pays for them (about
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+import subprocess
+import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -118,3 +123,76 @@ def test_python_313_build_targets_blender_51(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = _manifest(next(tmp_path.glob("*-py313.zip")))
     assert manifest["blender_version_min"] == "5.1.0" and "blender_version_max" not in manifest
+
+
+def test_zips_are_readable_by_everyone_and_each_runtime_has_its_own_name(tmp_path):
+    """mkstemp's 0600 must not survive into the zip, and the --cpu-only zip must not replace the GPU one."""
+    for extra in ((), ("--cpu-only",)):
+        result = run_build("--platform", "linux-x64", "--no-wheels", "--dist", str(tmp_path), *extra)
+        assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["kprcan_denoiser-0.1.0-linux-x64-cpu.zip", "kprcan_denoiser-0.1.0-linux-x64.zip"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in names:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_directml_zip_for_windows(tmp_path):
+    result = run_build("--directml", "--validate", "--dist", str(tmp_path), "--cache", str(WHEEL_CACHE))
+    assert result.returncode == 0, result.stderr
+    manifest = _manifest(tmp_path / "kprcan_denoiser-0.1.0-windows-x64-directml.zip")
+    assert [Path(w).name.split("-")[0] for w in manifest["wheels"]] == ["onnxruntime_directml", "openexr"]
+    refused = run_build("--directml", "--platform", "linux-x64", "--no-wheels", "--dist", str(tmp_path))
+    assert refused.returncode == 1 and "--directml builds only windows-x64" in refused.stderr
+
+
+def _lowest_openexr() -> str:
+    """The OpenEXR minimum, which pyproject.toml and build.py must state alike."""
+    pins = {re.search(r"OpenEXR>=([\d.]+)", text).group(1)
+            for text in ((REPO / "pyproject.toml").read_text(), (REPO / "build.py").read_text())}
+    assert len(pins) == 1, f"pyproject.toml and build.py pin different OpenEXR minimums: {pins}"
+    return pins.pop()
+
+
+EXR_AT_THE_PIN = r"""
+import sys, tempfile
+from pathlib import Path
+import numpy as np, OpenEXR
+from exr_fixtures import synthetic_passes, write_blender_exr
+from denoiser_core import read_exr, write_exr
+from denoiser_core.exr import ExrImage
+assert OpenEXR.__file__.startswith(sys.argv[1]), OpenEXR.__file__
+assert hasattr(OpenEXR, "set_global_thread_count")  # multi-threaded compression (exr.py uses it when there)
+folder = Path(tempfile.mkdtemp())
+passes = synthetic_passes()
+for major in (4, 5):  # 4.x and 5.0 pass names, two view layers
+    source = write_blender_exr(folder / f"in{major}.exr", passes, layers=("ViewLayer", "Other"),
+                               blender_major=major)
+    image = read_exr(source)
+    assert sorted(image.layers) == ["Other", "ViewLayer"], image.layers
+    assert set(image.canonical_passes("Other")) >= set(passes), sorted(image.canonical_passes("Other"))
+    write_exr(image, folder / f"out{major}.exr")
+    again = read_exr(folder / f"out{major}.exr")
+    for name in passes:
+        np.testing.assert_array_equal(again.canonical_passes("ViewLayer")[name],
+                                      image.canonical_passes("ViewLayer")[name])
+print("OK", OpenEXR.__version__)
+"""
+
+
+def test_the_lowest_openexr_allowed_reads_and_writes_blender_files(tmp_path):
+    """The pin is what the code needs (OpenEXR.File, every layer of a multilayer file): install exactly the
+    lowest version allowed (cached in .cache) and read and write Blender-named files with it."""
+    version = _lowest_openexr()
+    target = REPO / ".cache" / "openexr-pin" / version
+    if not any(target.glob("OpenEXR*")):
+        installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                                    str(target), f"OpenEXR=={version}", "--disable-pip-version-check"],
+                                   capture_output=True, text=True, timeout=600)
+        assert installed.returncode == 0, installed.stderr[-2000:]
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), str(REPO), str(REPO / "tests")]))
+    result = subprocess.run([sys.executable, "-c", EXR_AT_THE_PIN, str(target)], capture_output=True,
+                            text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[0] == "OK" and result.stdout.split()[1] in (version, f"{version}.0")
