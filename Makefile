@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint benchmark
+.PHONY: demo test lint benchmark blender-binary
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ $(BPY5):
 	$(PYTHON) -m venv .venv-bpy5
 	.venv-bpy5/bin/python -m pip install -q "bpy==5.0.1" numpy
 
-# Everything the tests need (torch CPU 2.13.0, bpy 4.5 and 5.0, OIDN, ...), then the whole suite.
-test: $(BIN)/python $(BPY5)
+# A real Blender binary for tests/test_blender_binary.py: Debian's, where apt-get runs as root. Never fails:
+# without it that test skips and says why.
+blender-binary:
+	@command -v blender >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  blender >/dev/null; } || echo "make: no blender binary installed (needs apt-get as root)"
+
+# Everything the tests need (torch CPU 2.13.0, bpy 4.5 and 5.0, OIDN, Debian's blender, ...), then the suite.
+test: $(BIN)/python $(BPY5) blender-binary
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collected no test: that must fail, not pass silently.
