@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,17 +14,20 @@ import numpy as np
 from .devices import CPU, providers_for, session_options
 from .errors import DenoiserError
 from .models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
+from .native_output import captured_native_output
 from .passes import (
     DECOMPOSITION_PASSES,
     FEATURE_PASSES,
     PASSES_USED_WHEN_PRESENT,
     decompose,
+    display_name,
     missing_passes,
     missing_passes_hint,
     recombine,
     sanitize,
+    sanitize_guide,
 )
-from .tiling import AUTO_TILE, run_tiled
+from .tiling import AUTO_TILE, axis_spans, choose_tile, round_up, run_tiled
 
 log = logging.getLogger("kprcan")
 
@@ -31,6 +35,8 @@ VARIANCE_INPUTS = ("diffuse_variance", "specular_variance")
 # Tiles chosen per image (tiling.choose_tile): a 1080p frame runs as one window, larger frames in the
 # fewest pixels that keep each window within tiling.MAX_WINDOW_PIXELS. A number is the largest tile edge.
 DEFAULT_TILE = AUTO_TILE
+# How onnxruntime words a failed allocation (CPU arena, CUDA, std::bad_alloc).
+_ALLOCATION_FAILED = re.compile(r"failed to allocate|out of memory|bad.alloc|alloc_failed", re.IGNORECASE)
 
 
 @dataclass
@@ -80,11 +86,14 @@ class Denoiser:
 
     def denoise(self, passes: dict[str, np.ndarray], tile: int = DEFAULT_TILE,
                 progress: Callable[[float], None] | None = None,
-                cancel: Callable[[], bool] | None = None) -> DenoiseResult:
-        """Denoise one view layer given as canonical name -> (H, W, C) float arrays.
+                cancel: Callable[[], bool] | None = None, *, where: str = "") -> DenoiseResult:
+        """Denoise one view layer given as canonical name -> (H, W, C) float arrays (left unchanged: what
+        the networks read is sanitised in copies, see passes.decompose). ``where`` names the render in
+        warnings.
 
         When ``noisy_image`` is present it is the noisy beauty (Blender's own denoiser then put its result
-        in Combined), so it is decomposed instead of ``combined``.
+        in Combined), so it is decomposed instead of ``combined``. A model that outputs NaN/Inf is broken:
+        DenoiserError (exit code 1) naming it, never a silently blackened pixel.
         """
         started = time.perf_counter()
         missing = self.missing_passes(passes)
@@ -100,43 +109,89 @@ class Denoiser:
         if "noisy_image" in passes:
             used["combined"] = _hwc(passes["noisy_image"])
         _check_sizes(used)
-        nonfinite = sum(int(a.size - np.count_nonzero(np.isfinite(a))) for a in used.values())
+        nonfinite = _count_nonfinite(used)
         if nonfinite:
-            log.warning("%d NaN/Inf input values replaced by 0", nonfinite)
+            listing = ", ".join(f"{display_name(name)} {count}" for name, count in nonfinite.items())
+            log.warning("%s: %d NaN/Inf values in passes the denoiser reads, made finite for it (%s); the "
+                        "passes themselves are kept as they are", where or "render", sum(nonfinite.values()),
+                        listing)
         parts = decompose(used, self.info.denoise_residual)
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
                   "normal": parts.normal, "depth": parts.depth}
         for name in VARIANCE_INPUTS:
             if name in used:
-                inputs[name] = sanitize(used[name])[..., :1]
+                inputs[name] = sanitize_guide(name, used[name][..., :1])
         feeds = {name: inputs[name] for name in self.info.inputs}
-        tile = int(tile)
-        outputs = run_tiled(self._run, feeds, KNOWN_OUTPUTS, tile, self.info.receptive_radius,
-                            self.info.size_multiple, progress, cancel)
+        height, width = parts.shape
+        tile = int(tile) if int(tile) > AUTO_TILE else choose_tile(
+            height, width, self.info.receptive_radius, self.info.size_multiple)
+        try:
+            outputs = run_tiled(self._run, feeds, KNOWN_OUTPUTS, tile, self.info.receptive_radius,
+                                self.info.size_multiple, progress, cancel)
+        except MemoryError:
+            raise self._out_of_memory(height, width, tile) from None
         diffuse, specular = outputs["diffuse_denoised"], outputs["specular_denoised"]
         return DenoiseResult(
             beauty=recombine(parts, diffuse, specular),
             diffuse=sanitize(parts.diffuse_color * diffuse),
             specular=specular,
             outputs=outputs,
-            nonfinite_inputs=nonfinite,
+            nonfinite_inputs=sum(nonfinite.values()),
             seconds=time.perf_counter() - started,
         )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(KNOWN_OUTPUTS)
-        try:
-            results = self._session.run(names, feeds)
-        except Exception as error:  # onnxruntime's own exception types
-            raise DenoiserError(f"model {self.info.name!r} failed: {str(error).strip()[:300]}",
-                                exit_code=1) from None
+        failure = None
+        with captured_native_output():  # onnxruntime logs its failures to stderr besides raising them
+            try:
+                results = self._session.run(names, feeds)
+            except Exception as error:  # onnxruntime's own exception types
+                failure = str(error).strip()
+        if failure is not None:
+            if _ALLOCATION_FAILED.search(failure):
+                raise MemoryError(failure)  # denoise() words the hint
+            raise DenoiserError(f"model {self.info.name!r} failed: {failure[:300]}", exit_code=1)
+        for name, result in zip(names, results, strict=True):
+            bad = result.size - int(np.count_nonzero(np.isfinite(result)))
+            if bad:
+                raise DenoiserError(f"model {self.info.name!r} ({self.info.path}) is broken: it output {bad} "
+                                    f"NaN/Inf values in {name} from finite inputs", exit_code=1)
         return dict(zip(names, results, strict=True))
+
+    def _out_of_memory(self, height: int, width: int, tile: int) -> DenoiserError:
+        """The out-of-memory message, by cause: the tile size (a smaller --tile helps), or the model's
+        size_multiple and context, which set the smallest window whatever the tile."""
+        radius, multiple = self.info.receptive_radius, self.info.size_multiple
+
+        def window(tile: int) -> tuple[int, int]:
+            rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
+            return cols[0].window_end - cols[0].window_start, rows[0].window_end - rows[0].window_start
+
+        (w, h), (smallest_w, smallest_h) = window(tile), window(multiple)
+        name = f"model {self.info.name!r}"
+        if (w, h) == (smallest_w, smallest_h):
+            padded_w, padded_h = round_up(width, multiple), round_up(height, multiple)
+            cause = (f"its size_multiple {multiple} pads the {width}x{height} image to {padded_w}x{padded_h}"
+                     if padded_w * padded_h > 2 * width * height else
+                     f"its size_multiple {multiple} and context of {radius} px")
+            return DenoiserError(f"out of memory: {name} needs windows of at least {w}x{h} px ({cause}); "
+                                 "a smaller --tile cannot help: use a machine with more memory or another "
+                                 "model", exit_code=1)
+        context = f", plus {radius} px of context on every side" if radius else ""
+        return DenoiserError(f"out of memory running {name} on {w}x{h} px windows: try a smaller --tile "
+                             f"(this run used {tile}{context})", exit_code=1)
 
 
 def _hwc(array: np.ndarray) -> np.ndarray:
     """(H, W) single-channel arrays (depth as some callers hold it) become (H, W, 1)."""
     array = np.asarray(array)
     return array[..., None] if array.ndim == 2 else array
+
+
+def _count_nonfinite(passes: dict[str, np.ndarray]) -> dict[str, int]:
+    counts = {name: int(a.size - np.count_nonzero(np.isfinite(a))) for name, a in passes.items()}
+    return {name: count for name, count in counts.items() if count}
 
 
 def _check_sizes(passes: dict[str, np.ndarray]) -> None:

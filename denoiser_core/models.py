@@ -146,6 +146,23 @@ def check_graph(info: ModelInfo, session) -> None:
     variance = {"diffuse_variance", "specular_variance"} & set(info.inputs)
     if variance and not info.needs_variance:
         raise DenoiserError(f"{info.path}: graph takes {sorted(variance)} but needs_variance is false")
+    # Shapes and types per the contract (float32 NCHW, C fixed), so a wrong model fails here in one line
+    # instead of inside onnxruntime at the first tile. Symbolic dimensions ("N", "H", ...) are fine.
+    declared = [(arg, "input", KNOWN_INPUTS[arg.name]) for arg in session.get_inputs()]
+    declared += [(arg, "output", KNOWN_OUTPUTS[arg.name]) for arg in session.get_outputs()
+                 if arg.name in KNOWN_OUTPUTS]
+    for arg, role, channels in declared:
+        shape, wanted = list(arg.shape), f"float32 (N, {channels}, H, W)"
+        if arg.type != "tensor(float)":
+            problem = f"holds {arg.type}"
+        elif len(shape) != 4:
+            problem = f"has rank {len(shape)}"
+        elif isinstance(shape[1], int) and shape[1] != channels:
+            problem = f"has {shape[1]} channels"
+        else:
+            continue
+        raise DenoiserError(f"{info.path}: graph {role} {arg.name!r} {problem} (shape {shape}); the model "
+                            f"contract needs {wanted}")
 
 
 _INFO_CACHE: dict[tuple[str, int, int], ModelInfo] = {}

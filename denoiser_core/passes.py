@@ -151,10 +151,33 @@ def sanitize(image: np.ndarray) -> np.ndarray:
     return np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+# The valid range of each guide the networks read (decompose, sanitize_guide). A few broken pixels (a
+# normal of 1e6) would otherwise spread through a network's context of over a hundred pixels. None: no
+# upper bound (a light or the background holds its radiance in Denoising Albedo; the shipped graphs clamp
+# it themselves). Depth is a distance: +Inf becomes FAR_DEPTH, what Cycles writes for the background.
+FAR_DEPTH = 1e10
+GUIDE_RANGES: dict[str, tuple[float, float | None]] = {
+    "albedo": (0.0, None), "normal": (-1.0, 1.0), "depth": (0.0, FAR_DEPTH),
+    "diffuse_variance": (0.0, None), "specular_variance": (0.0, None),
+}
+
+
+def sanitize_guide(name: str, image: np.ndarray) -> np.ndarray:
+    """A copy of guide ``name`` (a GUIDE_RANGES key) clamped to its valid range: NaN becomes 0 (or the
+    range's end nearest to 0), +-Inf the range's ends (0 where a range has no upper end)."""
+    low, high = GUIDE_RANGES[name]
+    image = np.asarray(image, dtype=np.float32)
+    top = np.inf if high is None else high
+    clean = np.nan_to_num(image, nan=min(max(0.0, low), top), posinf=0.0 if high is None else high,
+                          neginf=low)
+    return np.clip(clean, low, top).astype(np.float32, copy=False)
+
+
 def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> Decomposition:
     """Split canonical passes (H, W, C float arrays) into the denoiser's components.
 
-    ``passes`` must hold DECOMPOSITION_PASSES and FEATURE_PASSES; OPTIONAL_PASSES are used when present,
+    ``passes`` (left unchanged) must hold DECOMPOSITION_PASSES and FEATURE_PASSES: colours are read with
+    NaN/Inf as 0, the features clamped to GUIDE_RANGES. OPTIONAL_PASSES are used when present,
     and with both EMITTED_PASSES the diffuse light takes the colour covariance too (module docstring).
     With ``denoise_residual`` the specular buffer is everything that is not diffuse light (the residual --
     emission, environment, what no pass covers -- joins it and is denoised with it) and the residual is
@@ -183,9 +206,9 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> 
         diffuse=diffuse.astype(np.float32),
         diffuse_color=diffuse_color.astype(np.float32),
         specular=specular.astype(np.float32),
-        albedo=get("denoising_albedo")[..., :3],
-        normal=get("denoising_normal")[..., :3],
-        depth=get("denoising_depth")[..., :1],
+        albedo=sanitize_guide("albedo", passes["denoising_albedo"][..., :3]),
+        normal=sanitize_guide("normal", passes["denoising_normal"][..., :3]),
+        depth=sanitize_guide("depth", passes["denoising_depth"][..., :1]),
         residual=residual.astype(np.float32),
         alpha=alpha.astype(np.float32),
     )

@@ -15,7 +15,6 @@ from .claims import claim
 from .errors import DenoiserError
 from .exr import ExrImage, check_exr_file, read_exr, stale_temporaries, temp_path_for, write_exr_in_place
 from .inference import DEFAULT_TILE, Denoiser, load_model
-from .passes import sanitize
 
 log = logging.getLogger("kprcan")
 
@@ -94,20 +93,6 @@ def denoisable_layers(image: ExrImage, denoiser: Denoiser) -> list[str]:
     return ready
 
 
-def sanitize_image(image: ExrImage) -> None:
-    """Replace NaN/Inf in every float pass by 0 (with one warning): outputs are always finite."""
-    bad = {}
-    for exr_pass in image.passes:
-        if exr_pass.pixels.dtype.kind == "f":
-            count = exr_pass.pixels.size - int(np.count_nonzero(np.isfinite(exr_pass.pixels)))
-            if count:
-                exr_pass.pixels = sanitize(exr_pass.pixels)
-                bad[".".join(p for p in (exr_pass.layer, exr_pass.name) if p)] = count
-    if bad:
-        listing = ", ".join(f"{name} ({count})" for name, count in bad.items())
-        log.warning("%s: NaN/Inf values replaced by 0 in %s", image.path, listing)
-
-
 def _data_window(image: ExrImage, part: int) -> tuple[int, int]:
     window = image.parts[part].header.get("dataWindow") if part < len(image.parts) else None
     return (int(window[0][0]), int(window[0][1])) if window is not None else (0, 0)
@@ -116,15 +101,18 @@ def _data_window(image: ExrImage, part: int) -> tuple[int, int]:
 def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
                   progress: Callable[[float], None] | None = None,
                   cancel: Callable[[], bool] | None = None) -> list[str]:
-    """Denoise ``image`` in place (see denoise_file for what changes); returns the layers denoised."""
+    """Denoise ``image`` in place (see denoise_file for what changes); returns the layers denoised.
+
+    Every pass the denoiser does not write keeps its pixels exactly (NaN/Inf included): only copies of
+    what the networks read are sanitised, and what it writes is finite."""
     layers = denoisable_layers(image, denoiser)
-    sanitize_image(image)
     for index, layer in enumerate(layers):
         def layer_progress(fraction: float, index: int = index) -> None:
             if progress is not None:
                 progress((index + fraction) / len(layers))
 
-        result = denoiser.denoise(image.canonical_passes(layer), tile, layer_progress, cancel)
+        where = ": ".join(w for w in (str(image.path or ""), f"view layer {layer!r}" if layer else "") if w)
+        result = denoiser.denoise(image.canonical_passes(layer), tile, layer_progress, cancel, where=where)
         passes = image.layer_passes(layer).values()
         combined = next((p for p in passes if p.canonical == "combined"), None)
         if combined is None:  # only Noisy Image in the file: the denoised beauty becomes a new Combined

@@ -112,13 +112,39 @@ def test_nan_and_inf_pixels_warn_and_give_a_finite_output(setup):
     passes = synthetic_passes(16, 16)
     passes["diffuse_direct"][2, 3] = np.nan
     passes["combined"][4, 4, 0] = np.inf
-    passes["emission"][1, 1, 1] = -np.inf  # a pass the network never reads
+    passes["emission"][1, 1, 1] = -np.inf  # read by the decomposition, carried through as it is
     dirty = write_blender_exr(tmp_path / "dirty.exr", passes)
     result = run("denoise", dirty, "-o", tmp_path / "o.exr")
     assert result.code == 0, result.stderr
-    assert "kprcan: warning:" in result.stderr and "NaN/Inf" in result.stderr
-    assert "in ViewLayer.Combined (1), ViewLayer.DiffDir (3), ViewLayer.Emit (1)" in result.stderr
-    assert all(np.isfinite(plane).all() for plane in read_channels(tmp_path / "o.exr").values())
+    assert "kprcan: warning:" in result.stderr
+    assert ("5 NaN/Inf values in passes the denoiser reads, made finite for it (Combined 1, "
+            "Diffuse Direct 3, Emission 1)") in result.stderr
+    after = read_channels(tmp_path / "o.exr")
+    for written in ("Combined", "Denoised Diffuse", "Denoised Specular"):
+        assert all(np.isfinite(after[f"ViewLayer.{written}.{c}"]).all() for c in "RGB"), written
+    assert after["ViewLayer.Emit.G"][1, 1] == -np.inf and np.isnan(after["ViewLayer.DiffDir.R"][2, 3])
+    assert after["ViewLayer.Noisy Image.R"][4, 4] == np.inf  # the noisy beauty, as rendered
+
+
+def test_passes_carried_through_are_byte_identical(setup):
+    """Only copies of what the networks read are sanitised: an +Inf background depth, NaN in a pass the
+    networks never see and a broken normal are written back bit for bit."""
+    tmp_path, _source, run = setup
+    passes = synthetic_passes(16, 24)
+    passes["depth"][:4] = np.inf  # the background, as some renderers write it
+    passes["denoising_depth"][:4] = np.inf
+    passes["normal"][5, 5] = np.nan
+    passes["denoising_normal"][6, 6] = 1e6
+    extra = {"ViewLayer.AO.R": np.full((16, 24), np.nan, np.float32)}
+    source = write_blender_exr(tmp_path / "sky.exr", passes, extra=extra)
+    result = run("denoise", source, "-o", tmp_path / "o.exr")
+    assert result.code == 0, result.stderr
+    before, after = read_channels(source), read_channels(tmp_path / "o.exr")
+    assert after["ViewLayer.Depth.Z"][0, 0] == np.inf
+    rewritten = {f"ViewLayer.Combined.{c}" for c in "RGBA"}
+    for name, plane in before.items():
+        if name not in rewritten:
+            assert after[name].view(np.uint32).tolist() == plane.view(np.uint32).tolist(), name
 
 
 def test_output_equal_to_input_is_refused(setup):
@@ -204,3 +230,42 @@ def test_outputs_that_are_not_regular_files_are_refused_before_any_work(setup):
         assert not system.exists() and not list(Path("/dev").glob(f".{system.name}.*"))
     finally:
         system.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("shape, problem", [
+    (["N", 4, "H", "W"], "graph input 'normal' has 4 channels"),
+    (["N", "H", "W"], "graph input 'normal' has rank 3"),
+])
+def test_a_model_with_wrong_input_shapes_is_refused_at_load(setup, shape, problem):
+    tmp_path, source, run = setup
+    model = save_model(tmp_path / "bad", "guided", name="misshapen", input_shapes={"normal": shape})
+    result = run("denoise", source, "-o", tmp_path / "o.exr", "--model", model)
+    assert_one_line_error(result, 2, "misshapen.onnx", problem,
+                          "the model contract needs float32 (N, 3, H, W)")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_a_model_that_outputs_nan_fails_naming_it(setup):
+    tmp_path, source, run = setup
+    model = save_model(tmp_path / "bad", "nan", name="broken-net")
+    result = run("denoise", source, "-o", tmp_path / "o.exr", "--model", model)
+    assert_one_line_error(result, 1, "model 'broken-net'", "is broken: it output", "NaN/Inf")
+    _no_output(tmp_path, "o.exr")
+
+
+def test_out_of_memory_hints_fit_the_cause(setup):
+    """A size_multiple that pads the image beyond any memory is not helped by --tile, and the hint says
+    so; an allocation onnxruntime refuses inside windows a smaller tile would shrink suggests --tile."""
+    tmp_path, source, run = setup
+    padded = save_model(tmp_path / "bad", "identity", name="padded", size_multiple=str(1 << 20))
+    result = run("denoise", source, "-o", tmp_path / "o.exr", "--model", padded, "--tile", "8")
+    line = assert_one_line_error(result, 1, "out of memory", "size_multiple 1048576 pads the 40x24 image to "
+                                 "1048576x1048576", "a smaller --tile cannot help")
+    assert "try a smaller --tile" not in line
+    greedy = save_model(tmp_path / "bad", "greedy", name="greedy")
+    result = run("denoise", source, "-o", tmp_path / "o.exr", "--model", greedy, "--tile", "16")
+    assert_one_line_error(result, 1, "out of memory running model 'greedy' on 14x12 px windows",
+                          "try a smaller --tile (this run used 16)")
+    result = run("denoise", source, "-o", tmp_path / "o.exr", "--model", greedy, "--tile", "1")
+    assert_one_line_error(result, 1, "needs windows of at least 1x1 px", "a smaller --tile cannot help")
+    _no_output(tmp_path, "o.exr")

@@ -13,7 +13,7 @@ from exr_fixtures import read_channels, synthetic_passes, write_blender_exr
 from onnx_models import save_model
 
 from denoiser_core import DenoiserError, denoise_file, load_model, read_exr
-from denoiser_core.passes import PASS_TABLE, decompose, enable_hint, recombine
+from denoiser_core.passes import FAR_DEPTH, PASS_TABLE, decompose, enable_hint, recombine, sanitize_guide
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +116,60 @@ def test_nan_and_inf_inputs_are_sanitised_with_a_warning(models, caplog):
     passes["diffuse_direct"][3, 4, 0] = np.nan
     passes["combined"][5, 5, :2] = np.inf
     passes["denoising_normal"][0, 0, 2] = -np.inf
+    before = {name: array.copy() for name, array in passes.items()}
     with caplog.at_level(logging.WARNING, logger="kprcan"):
-        result = models["guided"].denoise(passes, tile=8)
-    assert result.nonfinite_inputs == 4 and "4 NaN/Inf input values" in caplog.text
+        result = models["guided"].denoise(passes, tile=8, where="shot.exr")
+    assert result.nonfinite_inputs == 4
+    assert ("shot.exr: 4 NaN/Inf values in passes the denoiser reads, made finite for it (Combined 2, "
+            "Diffuse Direct 1, Denoising Normal 1)") in caplog.text
     for array in (result.beauty, result.diffuse, result.specular, *result.outputs.values()):
         assert np.isfinite(array).all()
+    for name, array in passes.items():  # the caller's passes are not sanitised in place
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
 
 
-def test_nonfinite_network_outputs_never_escape(models):
-    result = models["nonfinite"].denoise(synthetic_passes(16, 16))
-    assert np.isfinite(result.beauty).all() and np.isfinite(result.outputs["diffuse_denoised"]).all()
+@pytest.mark.parametrize("kind", ["nonfinite", "nan"])
+def test_a_model_that_outputs_nan_or_inf_is_an_error_naming_it(models, tmp_path, kind):
+    denoiser = models.get(kind) or load_model(str(save_model(tmp_path, kind)), device="cpu")
+    with pytest.raises(DenoiserError, match=rf"model '{kind}' \(.*{kind}\.onnx\) is broken: it output \d+ "
+                                            r"NaN/Inf values in diffuse_denoised") as raised:
+        denoiser.denoise(synthetic_passes(16, 16))
+    assert raised.value.exit_code == 1
+
+
+def test_guides_are_clamped_to_their_valid_range_in_copies():
+    passes = synthetic_passes(8, 8, seed=2)
+    passes["denoising_normal"][1, 1] = [1e6, -np.inf, np.nan]
+    passes["denoising_depth"][2, 2, 0], passes["denoising_depth"][3, 3, 0] = np.inf, -4.0
+    passes["denoising_albedo"][4, 4] = [-0.5, 7.0, np.nan]
+    raw = passes["denoising_normal"].copy()
+    parts = decompose(passes)
+    assert parts.normal[1, 1].tolist() == [1.0, -1.0, 0.0]
+    assert parts.depth[2, 2, 0] == FAR_DEPTH and parts.depth[3, 3, 0] == 0.0
+    assert parts.albedo[4, 4].tolist() == [0.0, 7.0, 0.0]  # no upper bound: lights hold their radiance
+    np.testing.assert_array_equal(passes["denoising_normal"], raw)
+    valid = synthetic_passes(8, 8, seed=2)  # a valid render's guides are fed as they are
+    for name, feature in (("albedo", "denoising_albedo"), ("normal", "denoising_normal"),
+                          ("depth", "denoising_depth")):
+        np.testing.assert_array_equal(getattr(decompose(valid), name), valid[feature])
+    np.testing.assert_array_equal(sanitize_guide("diffuse_variance", np.array([-1.0, np.inf, 2.0])),
+                                  [0.0, 0.0, 2.0])
+
+
+def test_a_few_broken_normals_do_not_reach_far_pixels_through_the_shipped_model():
+    """Three Denoising Normal pixels of 1e6 (a broken shader) changed every pixel of the frame, by up to
+    ~4, through `fast`'s 140-pixel context; clamped to [-1, 1] they change nothing 16 px away."""
+    denoiser = load_model("fast", device="cpu")
+    passes = synthetic_passes(96, 128, seed=3)
+    clean = denoiser.denoise(passes).beauty
+    broken = {name: array.copy() for name, array in passes.items()}
+    spots = [(40, 60), (41, 62), (44, 65)]
+    for y, x in spots:
+        broken["denoising_normal"][y, x] = 1e6
+    change = np.abs(denoiser.denoise(broken).beauty - clean).max(axis=-1)
+    rows, cols = np.mgrid[0:96, 0:128]
+    distance = np.min([np.hypot(rows - y, cols - x) for y, x in spots], axis=0)
+    assert change[distance > 16].max() < 0.01, change[distance > 16].max()
 
 
 def test_missing_passes_and_mismatched_sizes_are_reported(models):
