@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("-o", "--output", required=True, help="output file, folder/ or out_####.exr pattern")
     denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     denoise.add_argument("--half", action="store_true", help="write half floats (default: float32)")
+    denoise.add_argument("--temporal", action="store_true",
+                         help="denoise a shot_####.exr sequence as one shot, each frame blended with the "
+                              "previous one (needs the Vector pass; see docs/temporal.md)")
     info = commands.add_parser("info", parents=[verbosity], help="passes in an EXR and what each model needs")
     info.add_argument("input")
     info.add_argument("--model", metavar="NAME|PATH", help="check against this model only")

@@ -18,6 +18,8 @@ from .models import ModelInfo, list_models, model_dirs, resolve_model
 from .passes import missing_passes_hint
 from .pipeline import Claimed, check_output_path, denoise_claimed
 from .sequence import plan_jobs
+from .shot import denoise_shot, plan_shot
+from .temporal import frame_guides
 
 log = logging.getLogger("kprcan")
 
@@ -48,6 +50,8 @@ CLAIM_POLL_SECONDS = 2.0
 
 
 def run_denoise(args: argparse.Namespace) -> int:
+    if args.temporal:
+        return _run_temporal(args)
     jobs = plan_jobs(args.inputs, args.output)
     for source, target in jobs:  # every input and output checked before any model is loaded
         check_exr_file(source)
@@ -90,6 +94,32 @@ def run_denoise(args: argparse.Namespace) -> int:
     if elsewhere:
         log.info("%d of %d frames were denoised by other workers", elsewhere, len(todo))
     return first_failure
+
+
+def _run_temporal(args: argparse.Namespace) -> int:
+    if len(args.inputs) != 1:
+        raise DenoiserError("--temporal denoises one sequence at a time: give one shot_####.exr pattern")
+    frames = plan_shot(args.inputs[0], args.output)
+    for _number, source, target in frames:  # every input and output checked before any model is loaded
+        check_exr_file(source)
+        check_output_path(source, target, overwrite=True)
+    first = read_exr(frames[0][1])
+    frame_guides(first.canonical_passes(first.layers[0]))  # refuses a render without the Vector pass
+    del first
+    if not args.overwrite and all(target.exists() for _n, _s, target in frames):
+        log.info("every frame's output exists (use --overwrite to redo them)")
+        return 0
+    denoiser = load_model(args.model, args.device)
+    bar = _LazyBar(not getattr(args, "quiet", False), total=100, unit="%", desc="denoise --temporal")
+    started = time.perf_counter()
+    try:
+        written = denoise_shot(frames, denoiser, tile=args.tile, overwrite=args.overwrite, half=args.half,
+                               shot_marker=Path(args.output), progress=bar.to)
+    finally:
+        bar.close()
+    log.info("%d of %d frames denoised in temporal mode (%.1f s)", written, len(frames),
+             time.perf_counter() - started)
+    return 0
 
 
 def _denoise_frame(source: Path, target: Path, denoiser, args: argparse.Namespace, held_before: bool,
