@@ -173,6 +173,10 @@ def test_device_menu_lists_only_what_can_run_here_and_says_why_not(session):
         assert "cuda" not in session["device_items"]
         assert ".so" in session["accelerator_problems"]["cuda"], session["accelerator_problems"]
         assert f"on CPU (cuda: {probe['cuda'][1]})" in session["after_render_message"]
+        # the core's own one-line warning (what the kprcan CLI prints), not onnxruntime's error block
+        warning = f"no accelerator could start (cuda: {probe['cuda'][1]}); running on the CPU"
+        assert warning in session["output"]
+        assert "EP Error" not in session["output"]
 
 
 def test_tile_size_preference_is_automatic_by_default_and_never_tiny(session):
