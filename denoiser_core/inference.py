@@ -19,6 +19,7 @@ from .passes import (
     DECOMPOSITION_PASSES,
     FEATURE_PASSES,
     PASSES_USED_WHEN_PRESENT,
+    Decomposition,
     decompose,
     display_name,
     missing_passes,
@@ -45,6 +46,7 @@ class DenoiseResult:
     diffuse: np.ndarray     # (H, W, 3) DiffCol * denoised diffuse light
     specular: np.ndarray    # (H, W, 3) denoised specular radiance
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # raw network outputs, (H, W, 3)
+    parts: Decomposition | None = None  # what the networks saw and what was carried through (recombine)
     nonfinite_inputs: int = 0   # NaN/Inf input values replaced by 0
     seconds: float = 0.0
 
@@ -136,6 +138,7 @@ class Denoiser:
             diffuse=sanitize(parts.diffuse_color * diffuse),
             specular=specular,
             outputs=outputs,
+            parts=parts,
             nonfinite_inputs=sum(nonfinite.values()),
             seconds=time.perf_counter() - started,
         )

@@ -60,6 +60,8 @@ PASS_TABLE: dict[str, tuple[str, str, int, str]] = {
     "denoising_normal": ("Denoising Normal", "Denoising Normal", 3, "cycles.denoising_store_passes"),
     "denoising_depth": ("Denoising Depth", "Denoising Depth", 1, "cycles.denoising_store_passes"),
     "noisy_image": ("Noisy Image", "Noisy Image", 4, "cycles.denoising_store_passes"),
+    # screen motion to the previous (xy) and next (zw) frame; Cycles writes it only without motion blur
+    "vector": ("Vector", "Vector", 4, "use_pass_vector"),
 }
 
 # Passes the decomposition needs. The volume passes are optional: present, they are denoised as part of
@@ -106,6 +108,7 @@ _UI_LOCATION = {
     "denoising_albedo": "Data > Denoising Data", "denoising_normal": "Data > Denoising Data",
     "denoising_depth": "Data > Denoising Data", "noisy_image": "Data > Denoising Data",
     "emission": "Light > Other > Emission", "environment": "Light > Other > Environment",
+    "vector": "Data > Vector (with Motion Blur off)",
 }
 
 

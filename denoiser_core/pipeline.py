@@ -14,7 +14,7 @@ import numpy as np
 from .claims import claim
 from .errors import DenoiserError
 from .exr import ExrImage, check_exr_file, read_exr, stale_temporaries, temp_path_for, write_exr_in_place
-from .inference import DEFAULT_TILE, Denoiser, load_model
+from .inference import DEFAULT_TILE, Denoiser, DenoiseResult, load_model
 
 log = logging.getLogger("kprcan")
 
@@ -98,9 +98,14 @@ def _data_window(image: ExrImage, part: int) -> tuple[int, int]:
     return (int(window[0][0]), int(window[0][1])) if window is not None else (0, 0)
 
 
+# denoise_image's per-layer hook: (layer, canonical passes, per-frame result) -> (result to write, extra
+# passes {name: (components, (H, W, C) pixels)} to add to the layer); temporal mode (shot.py) is one.
+Refine = Callable[[str, dict, DenoiseResult], tuple[DenoiseResult, dict[str, tuple[list[str], np.ndarray]]]]
+
+
 def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
                   progress: Callable[[float], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> list[str]:
+                  cancel: Callable[[], bool] | None = None, refine: Refine | None = None) -> list[str]:
     """Denoise ``image`` in place (see denoise_file for what changes); returns the layers denoised.
 
     Every pass the denoiser does not write keeps its pixels exactly (NaN/Inf included): only copies of
@@ -112,7 +117,11 @@ def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
                 progress((index + fraction) / len(layers))
 
         where = ": ".join(w for w in (str(image.path or ""), f"view layer {layer!r}" if layer else "") if w)
-        result = denoiser.denoise(image.canonical_passes(layer), tile, layer_progress, cancel, where=where)
+        canonical = image.canonical_passes(layer)
+        result = denoiser.denoise(canonical, tile, layer_progress, cancel, where=where)
+        extra = {}
+        if refine is not None:
+            result, extra = refine(layer, canonical, result)
         passes = image.layer_passes(layer).values()
         combined = next((p for p in passes if p.canonical == "combined"), None)
         if combined is None:  # only Noisy Image in the file: the denoised beauty becomes a new Combined
@@ -125,6 +134,8 @@ def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
         combined.pixels = np.ascontiguousarray(result.beauty[..., :channels].transpose(2, 0, 1))
         image.set_pass(layer, DIFFUSE_PASS, "RGB", result.diffuse, combined.part)
         image.set_pass(layer, SPECULAR_PASS, "RGB", result.specular, combined.part)
+        for name, (components, pixels) in extra.items():
+            image.set_pass(layer, name, components, pixels, combined.part)
         del result
     for part in image.parts:
         part.header["kprcan.model"] = denoiser.info.name
@@ -135,7 +146,8 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
                  model: str | os.PathLike | Denoiser | None = None, device: str = "auto",
                  tile: int = DEFAULT_TILE, overwrite: bool = False,
                  progress: Callable[[float], None] | None = None, *,
-                 cancel: Callable[[], bool] | None = None, half: bool = False) -> Path:
+                 cancel: Callable[[], bool] | None = None, half: bool = False,
+                 refine: Refine | None = None) -> Path:
     """Denoise a multilayer EXR into ``output``; returns the output path.
 
     The output keeps every part, layer, pass and channel of the input. In each denoised view layer
@@ -151,7 +163,7 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
     try:
         denoiser = model if isinstance(model, Denoiser) else load_model(model, device)
         image = read_exr(input_path)
-        denoise_image(image, denoiser, tile, progress, cancel)
+        denoise_image(image, denoiser, tile, progress, cancel, refine)
         write_exr_in_place(image, temp, half=half, shown_as=output_path)
         del image
         if output_path.exists() and not overwrite:  # appeared while we worked (another process)
