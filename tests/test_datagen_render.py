@@ -10,8 +10,9 @@ from training.datagen.exr_io import exr_channel_names, exr_part_count, read_pass
 from training.datagen.launch import render_cached
 from training.datagen.quality import find_fireflies
 
-# Passes Cycles writes with denoising_store_passes but the denoiser off: everything except Noisy Image.
-WRITTEN = [name for name in PASS_TABLE if name != "noisy_image"]
+# Passes Cycles writes with denoising_store_passes but the denoiser off: everything except Noisy Image,
+# and except the Vector pass, which datagen does not enable (its views do not move).
+WRITTEN = [name for name in PASS_TABLE if name not in ("noisy_image", "vector")]
 COMPONENTS = {1: "Z", 3: "RGB", 4: "RGBA"}
 XYZ_PASSES = {"normal", "denoising_normal"}
 
