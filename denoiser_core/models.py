@@ -24,6 +24,9 @@ REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", 
 KNOWN_INPUTS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1,
                 "diffuse_variance": 1, "specular_variance": 1}
 KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3}
+# Arithmetic the graph's convolutions use (``kprcan.precision``; absent means float32). int8 models are
+# QDQ graphs (training/quantize.py): same float inputs and outputs, so the core runs them unchanged.
+PRECISIONS = ("float32", "int8")
 DEFAULT_MODEL = "fast"
 MODEL_PATH_ENV = "KPRCAN_MODEL_PATH"
 
@@ -42,12 +45,14 @@ class ModelInfo:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     denoise_residual: bool = False  # specular buffer = all but diffuse light (passes.decompose)
+    precision: str = "float32"  # one of PRECISIONS
     metadata: dict[str, str] = field(default_factory=dict, compare=False)  # raw metadata_props
 
     def summary(self) -> str:
         params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
         residual = ", denoises emission/environment" if self.denoise_residual else ""
-        return (f"{self.name} ({self.architecture}, {params}, context {self.receptive_radius} px, "
+        precision = f", {self.precision} convolutions" if self.precision != "float32" else ""
+        return (f"{self.name} ({self.architecture}{precision}, {params}, context {self.receptive_radius} px, "
                 f"size multiple {self.size_multiple}{residual})")
 
 
@@ -94,6 +99,9 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         raise bad(f"denoise_residual must be true or false, got {denoise_residual!r}")
     if denoise_residual == "true" and version < 2:
         raise bad("denoise_residual needs format_version 2")
+    precision = metadata.get(PREFIX + "precision", "float32").strip().lower()
+    if precision not in PRECISIONS:
+        raise bad(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return ModelInfo(
         name=meta["name"], architecture=meta["architecture"], path=path,
         required_passes=tuple(required),
@@ -102,7 +110,7 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         training_data=metadata.get(PREFIX + "training_data", ""),
         parameters=int(parameters) if parameters.strip().isdigit() else None,
         inputs=tuple(inputs), outputs=tuple(outputs), denoise_residual=denoise_residual == "true",
-        metadata=dict(metadata),
+        precision=precision, metadata=dict(metadata),
     )
 
 
