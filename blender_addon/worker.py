@@ -8,8 +8,9 @@ PYTHONPATH). It loads each model once and keeps it; Blender's UI never waits for
 to stop between tiles and kills it when it does not.
 
 Protocol: one JSON object per line. Requests on stdin: ``{"op": "probe"}``, ``{"op": "load", ...}``,
-``{"op": "denoise", ...}``, ``{"op": "beauty", ...}``, ``{"op": "cancel"}``. Replies on stdout:
-``{"progress": f}`` lines, then ``{"ok": {...}}`` or ``{"error": text, "exit_code": n}``.
+``{"op": "denoise", ...}``, ``{"op": "shot", ...}`` (temporal mode), ``{"op": "beauty", ...}``,
+``{"op": "cancel"}``. Replies on stdout: ``{"progress": f}`` lines, then ``{"ok": {...}}`` or
+``{"error": text, "exit_code": n}``.
 
 The client half (``Worker``) imports nothing from Blender either, so tests can drive it directly.
 """
@@ -17,6 +18,7 @@ The client half (``Worker``) imports nothing from Blender either, so tests can d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -126,7 +128,7 @@ class Worker:
                     cancel_sent_at = _now()
                 if cancel_sent_at is not None and _now() - cancel_sent_at > CANCEL_GRACE_SECONDS:
                     self.stop()
-                    _remove_temp_files(fields.get("output"))
+                    _remove_temp_files(_outputs(fields))
                     raise Cancelled()
                 try:
                     reply = replies.get(timeout=0.1)
@@ -174,15 +176,43 @@ def _now() -> float:
     return time.monotonic()
 
 
-def _remove_temp_files(output: str | None) -> None:
-    """The temp files a killed worker may leave next to ``output`` (exr.temp_path_for's naming)."""
-    if output:
+def _outputs(fields: dict) -> list[str]:
+    """The files a request writes: its ``output``, or each frame's of a shot."""
+    if fields.get("output"):
+        return [fields["output"]]
+    return [target for _number, _source, target in fields.get("frames", ())]
+
+
+def _remove_temp_files(outputs: list[str]) -> None:
+    """The temp files a killed worker may leave next to ``outputs`` (exr.temp_path_for's naming)."""
+    for output in outputs:
         target = Path(output)
         for stale in target.parent.glob(f".{target.name}.*.tmp"):
             stale.unlink(missing_ok=True)
 
 
 # --- the worker process ------------------------------------------------------------------------------
+
+class _QuietAbout(logging.Filter):
+    """Leaves out the core's "view layer X lacks passes ...; layer left as is" warnings for layers the
+    worker removes from the output afterwards (the compositor's): they would come once per frame."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self._about = tuple(f"view layer {layer!r} lacks" for layer in layers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(about in message for about in self._about)
+
+
+def _without_layers(dc, path: Path, drop: set[str]) -> None:
+    """Rewrite the EXR at ``path`` (atomically) without the view layers in ``drop``, if it has any."""
+    image = dc.read_exr(path)
+    if drop & set(image.layers):
+        image.passes = [p for p in image.passes if p.layer not in drop]
+        dc.write_exr(image, path)
+
 
 def _serve() -> int:
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
@@ -256,7 +286,39 @@ def _serve() -> int:
                              lambda fraction: send({"progress": fraction}), cancel.is_set)
             dc.write_exr(image, target)
             return {"output": str(target), **ran_on(model, message.get("device"))}
+        if op == "shot":
+            return shot(message)
         raise ValueError(f"unknown request {op!r}")
+
+    def shot(message: dict) -> dict:
+        """Temporal mode: ``frames`` ([number, input, output], in order) denoised as one shot by
+        denoiser_core.shot.denoise_shot, as ``kprcan denoise --temporal`` does. Frames whose output exists
+        are skipped (unless ``overwrite``) and hand their stored history to the next frame."""
+        from denoiser_core.shot import denoise_shot
+
+        model = denoiser(message.get("model"), message.get("device", "auto"))
+        frames = [(int(number), Path(source), Path(target)) for number, source, target in message["frames"]]
+        overwrite = bool(message.get("overwrite"))
+        to_write = [target for _number, _source, target in frames if overwrite or not target.exists()]
+        drop = set(message.get("drop_layers", ()))
+
+        def progress(fraction: float) -> None:
+            if cancel.is_set():  # denoise_shot has no cancel argument: stop at the next tile, as denoise does
+                raise dc.DenoiserError("cancelled")
+            send({"progress": fraction})
+
+        # denoise_shot reads each whole file: the dropped layers are removed from the outputs it wrote
+        quiet, core_log = _QuietAbout(drop), logging.getLogger("kprcan")
+        core_log.addFilter(quiet)
+        try:
+            written = denoise_shot(frames, model, tile=int(message.get("tile", 0)), overwrite=overwrite,
+                                   progress=progress)
+        finally:
+            core_log.removeFilter(quiet)
+            for target in to_write if drop else ():
+                if target.exists():
+                    _without_layers(dc, target, drop)
+        return {"output": str(frames[-1][2]), "written": written, **ran_on(model, message.get("device"))}
 
     while (message := requests.get()) is not None:
         cancel.clear()

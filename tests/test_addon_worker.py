@@ -13,7 +13,8 @@ from addon_harness import REPO
 from exr_fixtures import synthetic_passes, write_blender_exr
 from onnx_models import save_model
 
-from denoiser_core import read_exr
+from denoiser_core import load_model, read_exr
+from denoiser_core.shot import denoise_shot
 
 _spec = importlib.util.spec_from_file_location("kprcan_addon_worker", REPO / "blender_addon" / "worker.py")
 worker_module = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
@@ -84,6 +85,32 @@ def test_cancel_stops_mid_image_and_leaves_no_file(worker, model, tmp_path):
     worker.request("denoise", input=str(source), output=str(tmp_path / "out.exr"), model=str(model),
                    device="cpu", tile=0)
     assert (tmp_path / "out.exr").is_file()
+
+
+def test_temporal_shot_stops_on_cancel_and_resumes_from_the_finished_frames(worker, model, tmp_path):
+    """The ``shot`` request (temporal mode: denoiser_core.shot) cancelled during frame 2 keeps frame 1, leaves
+    no file for frame 2 and no claim or temp file; the next request writes frame 2 from frame 1's history,
+    as one uninterrupted shot does."""
+    frames = []
+    for number in (1, 2):
+        passes = synthetic_passes(256, 256, seed=number)
+        passes["vector"] = np.zeros((256, 256, 4), np.float32)  # a still camera: all history applies
+        frames.append((number, write_blender_exr(tmp_path / "in" / f"f_{number}.exr", passes),
+                       tmp_path / "out" / f"f_{number}.exr"))
+    request = dict(frames=[[n, str(source), str(target)] for n, source, target in frames], model=str(model),
+                   device="cpu", tile=64)
+    seen = []
+    with pytest.raises(worker_module.Cancelled):
+        worker.request("shot", seen.append, lambda: bool(seen) and seen[-1] > 0.5, **request)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f_1.exr"]
+    assert worker.request("shot", **request)["written"] == 1
+    uninterrupted = [(n, source, tmp_path / "whole" / target.name) for n, source, target in frames]
+    denoise_shot(uninterrupted, load_model(model, "cpu"))
+    for (_n, _source, resumed), (_m, _same, whole) in zip(frames, uninterrupted, strict=True):
+        assert read_exr(resumed).find("ViewLayer", "Temporal History") is not None
+        for name in ("Combined", "Temporal History"):
+            np.testing.assert_array_equal(read_exr(resumed).find("ViewLayer", name).pixels,
+                                          read_exr(whole).find("ViewLayer", name).pixels)
 
 
 def test_a_worker_that_dies_is_reported_and_replaced(worker, model, tmp_path):
