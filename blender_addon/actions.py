@@ -6,9 +6,10 @@ from pathlib import Path
 
 import bpy
 
-from . import compat, compositor, render_io, runner
+from . import compat, compositor, render_io, render_setup, runner
 from .jobs import JobState
 from .preferences import model_choice, preferences, tile_choice
+from .worker import device_text
 
 
 def denoise_last_render(scene, on_done=None, inline: bool | None = None) -> JobState:
@@ -46,8 +47,8 @@ class FrameByFrame:
     """Each frame denoised on its own as soon as Blender has written it.
 
     The animation handlers only talk to this interface (``add`` each written frame, ``finish`` when the
-    render ends), so a mode that needs the whole sequence (collect in ``add``, denoise in ``finish``)
-    can stand in for it.
+    render ends; each returns a problem to report, if any), so a mode that needs the whole sequence
+    (collect in ``add``, denoise in ``finish``: InFrameOrder) stands in for it.
     """
 
     def __init__(self):
@@ -66,13 +67,70 @@ class FrameByFrame:
         self._job.add(request)
         return None
 
-    def finish(self) -> None:
+    def finish(self) -> str | None:
         if self._job is not None:
             self._job.close()
             self._job = None
+        return None
 
 
-_animation: FrameByFrame | None = None
+class InFrameOrder:
+    """Temporal mode: the frames of one animation render denoised in frame order when the render ends (or
+    is stopped), each blended with the previous one's result: one run of denoiser_core.shot in the worker
+    process, the code ``kprcan denoise --temporal`` runs.
+
+    A frame Blender writes again makes its earlier denoised file outdated: that file is removed at once, so
+    an existing ``_denoised.exr`` always belongs to the frame beside it. When the frame before the first
+    one written has its denoised file (a render continued with Output > Overwrite off, or a range started
+    later), the shot starts from that frame: denoise_shot keeps it and carries its history on.
+    """
+
+    def __init__(self, finished_before: tuple[int, Path, Path] | None):
+        self._frames: list[tuple[int, Path, Path]] = [finished_before] if finished_before else []
+        self._request: runner.Request | None = None  # the model, device and tile of the frames
+        self._written = 0
+
+    def add(self, request: runner.Request, frame: int) -> str | None:
+        request.output.unlink(missing_ok=True)
+        self._frames.append((frame, request.input, request.output))
+        self._request, self._written = request, self._written + 1
+        return None
+
+    def finish(self) -> str | None:
+        if self._request is None:
+            return None
+        request = self._request
+        label = f"Denoising {self._written} frame(s) in temporal mode"
+        job = runner.new_job(label, runner.denoise_shot_request)
+        job.add(runner.ShotRequest(tuple(self._frames), request.model, request.device, request.tile))
+        job.close()
+
+        def finished(state: JobState) -> None:
+            if state.results and not state.errors and not state.cancelled:
+                runner.last_message = f"{label}: done {device_text(state.results[-1])}"
+
+        state = runner.run(job, finished)  # a thread, or now in background mode
+        return state.errors[-1] if state.errors else None
+
+
+_animation: FrameByFrame | InFrameOrder | None = None
+
+
+def _finished_frame_before(scene, frame: int, prefs) -> tuple[int, Path, Path] | None:
+    """(frame - 1, its render, its denoised file) when both exist: the history a shot continues."""
+    source = Path(bpy.path.abspath(scene.render.frame_path(frame=frame - 1)))
+    target = render_io.frame_output(source, prefs)
+    return (frame - 1, source, target) if source.is_file() and target.is_file() else None
+
+
+def _animation_mode(scene) -> FrameByFrame | InFrameOrder:
+    """The mode for this render, chosen at its first written frame."""
+    if not render_setup.temporal_asked(scene):
+        return FrameByFrame()
+    if render_setup.temporal_problem(scene) is not None:
+        runner.report(render_setup.temporal_note(scene), error=False)
+        return FrameByFrame()
+    return InFrameOrder(_finished_frame_before(scene, scene.frame_current, preferences()))
 
 
 def denoise_written_frame(scene) -> str | None:
@@ -86,13 +144,13 @@ def denoise_written_frame(scene) -> str | None:
         return f"{frame_path}: frame file not found"
     request = runner.request_for(frame_path, render_io.frame_output(frame_path, preferences()), False)
     if _animation is None:
-        _animation = FrameByFrame()
+        _animation = _animation_mode(scene)
     return _animation.add(request, scene.frame_current)
 
 
-def close_animation_job() -> None:
-    """The animation render ended: the frames still queued are denoised, then the job stops."""
+def close_animation_job() -> str | None:
+    """The animation render ended: the frames still queued (per frame) or collected (temporal) are
+    denoised, then the job stops. Returns a problem to report (background mode), if any."""
     global _animation
-    if _animation is not None:
-        _animation.finish()
-        _animation = None
+    animation, _animation = _animation, None
+    return animation.finish() if animation is not None else None

@@ -1,4 +1,5 @@
-"""Render handlers: denoise after a still render, denoise animation frames as they are written.
+"""Render handlers: denoise after a still render, denoise animation frames as they are written (or, in
+temporal mode, in frame order when the render ends).
 
 A still render is denoised when Denoise After Render is on, and also whenever the compositor's KPRCAN
 Denoised node drives the output: that node then shows this render's denoised image, not an older one.
@@ -27,11 +28,6 @@ def _settings(scene):
     return settings if settings is not None and settings.enabled else None
 
 
-def _report(message: str, error: bool = True) -> None:
-    runner.last_message, runner.last_error = message, error
-    print(f"KPRCAN: {message}")
-
-
 @persistent
 def on_render_init(_scene, *_args):
     global _frames_written
@@ -48,7 +44,7 @@ def on_render_write(scene, *_args):
     global _frames_written
     _frames_written += 1
     if _frames_written == 1 and compositor.node_in_use(scene) is not None:
-        _report(STILL_NODE_WARNING, error=False)
+        runner.report(STILL_NODE_WARNING, error=False)
     settings = _settings(scene)
     if settings is None or not settings.denoise_animation:
         return
@@ -57,12 +53,21 @@ def on_render_write(scene, *_args):
     except Exception as error:  # settings / model problems: report, never break the render
         problem = str(error)
     if problem:
-        _report(f"frame {scene.frame_current}: {problem}")
+        runner.report(f"frame {scene.frame_current}: {problem}")
+
+
+def _close_animation() -> None:
+    try:
+        problem = actions.close_animation_job()
+    except Exception as error:  # settings / model problems: report, never break the render
+        problem = str(error)
+    if problem:
+        runner.report(f"animation frames: {problem}")
 
 
 @persistent
 def on_render_complete(scene, *_args):
-    actions.close_animation_job()
+    _close_animation()
     if _frames_written:
         return  # an animation / written still: frames are handled per file
     settings = _settings(scene)
@@ -77,7 +82,7 @@ def on_render_complete(scene, *_args):
 
 @persistent
 def on_render_cancel(_scene, *_args):
-    actions.close_animation_job()
+    _close_animation()
 
 
 def _denoise_still(scene_name: str) -> None:
@@ -87,10 +92,10 @@ def _denoise_still(scene_name: str) -> None:
     try:
         state = actions.denoise_last_render(scene)
     except Exception as error:
-        _report(f"denoise after render: {error}")
+        runner.report(f"denoise after render: {error}")
         return
     if state.errors:
-        _report(f"denoise after render: {state.errors[-1]}")
+        runner.report(f"denoise after render: {state.errors[-1]}")
 
 
 @persistent

@@ -20,14 +20,16 @@ class KPRCAN_OT_configure_passes(bpy.types.Operator):
     bl_idname = "kprcan.configure_passes"
     bl_label = "Configure Passes"
     bl_description = ("Turn on the render passes the chosen model needs, turn Cycles' own denoiser off "
-                      "for final renders (and set OpenEXR MultiLayer output for animation denoising)")
+                      "for final renders (and for animation denoising set OpenEXR MultiLayer output, and "
+                      "with Temporal on turn on the Vector pass)")
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
         scene = context.scene
         try:
             info = render_setup.model_info(model_choice(preferences(context)))
-            report = render_setup.configure_passes(scene, info, scene.kprcan.denoise_animation)
+            report = render_setup.configure_passes(scene, info, scene.kprcan.denoise_animation,
+                                                   render_setup.temporal_asked(scene))
         except (ImportError, *_user_errors()) as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}

@@ -58,6 +58,9 @@ def status_lines(context) -> list[tuple[str, str]]:
     settings = context.scene.kprcan
     if settings.denoise_animation and not compat.is_multilayer_exr(context.scene.render.image_settings):
         lines.append(("Animation frames need OpenEXR MultiLayer output", "ERROR"))
+    if render_setup.temporal_asked(context.scene):
+        unavailable = render_setup.temporal_problem(context.scene) is not None
+        lines.append((render_setup.temporal_note(context.scene), "ERROR" if unavailable else "INFO"))
     lines += device_lines()
     if compositor.node_in_use(context.scene) is not None:
         lines.append((STILL_NODE_NOTE, "NODE_COMPOSITING"))
@@ -107,6 +110,10 @@ class KPRCAN_PT_render(bpy.types.Panel):
         layout.operator("kprcan.configure_passes", icon="RENDERLAYERS")
         layout.prop(settings, "denoise_after_render")
         layout.prop(settings, "denoise_animation")
+        row = layout.row()
+        row.active = settings.denoise_animation
+        row.separator(factor=2.0)
+        row.prop(settings, "temporal")
         layout.operator("kprcan.denoise_last_render", icon="SHADERFX")
         _draw_progress(layout)
 

@@ -17,6 +17,12 @@ class KPRCAN_SceneSettings(bpy.types.PropertyGroup):
         name="Denoise Animation Frames", default=False,
         description="Denoise each frame an animation render writes (needs OpenEXR MultiLayer output); "
                     "the result is written next to it as <name>_denoised.exr")
+    temporal: BoolProperty(
+        name="Temporal", default=True,
+        description="Denoise the animation's frames in frame order when the render ends, each blended "
+                    "with the previous one so flat areas do not flicker. Needs the Vector pass (Configure "
+                    "Passes turns it on) and Motion Blur off (Cycles writes no Vector pass with it); "
+                    "otherwise each frame is denoised on its own")
 
 
 def register_properties() -> None:

@@ -36,6 +36,18 @@ class Request:
     drop_layers: tuple[str, ...] = (COMPOSITOR_LAYER,)
 
 
+@dataclass(frozen=True)
+class ShotRequest:
+    """Temporal mode: frames denoised in order as one shot (the worker's ``shot`` request)."""
+
+    frames: tuple[tuple[int, Path, Path], ...]   # (frame number, input, output), in frame order
+    model: str | None
+    device: str
+    tile: int
+    overwrite: bool = False    # False: frames whose output exists are kept and carry their history on
+    drop_layers: tuple[str, ...] = (COMPOSITOR_LAYER,)
+
+
 def request_for(input_path: Path, output_path: Path, delete_input: bool, context=None) -> Request:
     prefs = preferences(context)
     return Request(Path(input_path), Path(output_path), model_choice(prefs), prefs.device or "auto",
@@ -63,6 +75,18 @@ def denoise_request(request: Request, progress: Callable[[float], None],
     return Path(ran["output"])
 
 
+def denoise_shot_request(request: ShotRequest, progress: Callable[[float], None],
+                         cancelled: Callable[[], bool]) -> dict:
+    """The worker's reply: the last output, frames ``written``, where it ran."""
+    global last_device
+    frames = [[number, str(source), str(target)] for number, source, target in request.frames]
+    ran = _worker.request("shot", progress, cancelled, frames=frames, model=request.model,
+                          device=request.device, tile=request.tile, overwrite=request.overwrite,
+                          drop_layers=list(request.drop_layers))
+    last_device = ran
+    return ran
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     return (WorkerError, SettingsError, OSError)
 
@@ -83,8 +107,8 @@ _watch_failed = False
 _redraw_once_more = False
 
 
-def new_job(label: str) -> Job:
-    return Job(label, denoise_request, expected_errors())
+def new_job(label: str, work=denoise_request) -> Job:
+    return Job(label, work, expected_errors())
 
 
 def run(job: Job, on_finish: Callable[[JobState], None] | None = None,
@@ -108,6 +132,13 @@ def active_states() -> list[JobState]:
 
 def busy() -> bool:
     return bool(_active)
+
+
+def report(message: str, error: bool = True) -> None:
+    """Show ``message`` in the panel (until the next job's outcome) and in Blender's console."""
+    global last_message, last_error
+    last_message, last_error = message, error
+    print(f"KPRCAN: {message}")
 
 
 def cancel_all() -> None:

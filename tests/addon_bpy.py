@@ -78,6 +78,19 @@ def install(zip_path: str) -> str:
     return MODULE
 
 
+def install_checkout(addon_dir: str) -> str:
+    """Enable the add-on straight from a checkout's ``blender_addon/``, linked into the user extensions
+    repository (docs/blender.md, Development): no zip to build, and it runs the checkout's denoiser_core
+    with this Python's onnxruntime and OpenEXR. Returns its module name."""
+    repository = os.path.join(bpy.utils.user_resource("EXTENSIONS"), "user_default")
+    os.makedirs(repository, exist_ok=True)
+    link = os.path.join(repository, EXTENSION)
+    if not os.path.islink(link):
+        os.symlink(addon_dir, link)
+    bpy.ops.preferences.addon_enable(module=MODULE)
+    return MODULE
+
+
 def disable() -> None:
     """Disable the extension (must happen before exit: pip bpy hangs on exit with Python handlers left)."""
     if MODULE in bpy.context.preferences.addons:
