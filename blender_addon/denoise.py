@@ -3,7 +3,7 @@
 Blender::
 
     blender -b scene.blend --python-exit-code 1 -P denoise.py -- --frames 1-10 --samples 64 \
-        --output //denoised/ [--model NAME|PATH] [--device auto|cpu|cuda|...] [--png]
+        --output //denoised/ [--model NAME|PATH] [--device auto|cpu|cuda|...] [--png] [--temporal]
 
 Python with the ``bpy`` module (pip install bpy)::
 
@@ -11,9 +11,10 @@ Python with the ``bpy`` module (pip install bpy)::
 
 Turns on the passes the model needs, renders each frame to a float multilayer EXR, denoises it and writes
 ``<output>/<blend name>_<frame>.exr`` (every pass kept; Combined denoised; Denoised Diffuse / Specular
-added) and with ``--png`` also a PNG through the scene's colour management. Problems end the run with a
-one-line error and exit status 2 (bad input) or 1 (failure); ``--python-exit-code 1`` makes Blender
-itself exit non-zero on unexpected Python errors too.
+added) and with ``--png`` also a PNG through the scene's colour management. With ``--temporal`` every
+frame is rendered first, then the frames are denoised in order as one shot (docs/temporal.md). Problems
+end the run with a one-line error and exit status 2 (bad input) or 1 (failure); ``--python-exit-code 1``
+makes Blender itself exit non-zero on unexpected Python errors too.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", action="store_true", help="also write a PNG (scene colour management)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--keep-noisy", action="store_true", help="keep the noisy EXR renders (_noisy.exr)")
+    parser.add_argument("--temporal", action="store_true",
+                        help="temporal mode: render every frame, then denoise them in frame order, each "
+                             "blended with the previous one (turns the Vector pass on; needs Motion Blur "
+                             "off)")
     return parser
 
 

@@ -1,5 +1,8 @@
 """The work of denoise.py: configure passes, render each frame, denoise it, write EXR (and PNG).
 
+With ``--temporal`` every frame is rendered first and the frames are then denoised in order as one shot
+(the worker's ``shot`` request: denoiser_core.shot, as ``kprcan denoise --temporal``).
+
 Blender renders; the worker process (worker.py) reads, denoises and writes the EXRs, so the pip OpenEXR
 never runs inside a Blender that has its own (Debian's Blender 3.4 crashed there).
 """
@@ -94,20 +97,25 @@ def _run(args, dc, worker: Worker) -> int:
     existing = [path for path in wanted if path.exists()]
     if existing and not args.overwrite:
         return _fail(f"{existing[0]}: exists (use --overwrite to replace it)", 2)
+    if args.temporal and scene.render.use_motion_blur:
+        return _fail(f"--temporal needs Motion Blur off: {render_setup.NO_VECTOR_WITH_MOTION_BLUR}", 2)
     # the session is built once, in the worker process, before any rendering (a bad model file fails here)
     ran = worker.request("load", model=str(info.path), device=args.device)
     folder.mkdir(parents=True, exist_ok=True)
-    report = render_setup.configure_passes(scene, info)
+    report = render_setup.configure_passes(scene, info, temporal=args.temporal)
     print(f"denoise.py: model {info.name} {device_text(ran)}; {report.summary()} "
           f"(denoiser_core from {Path(dc.__file__).parent})", flush=True)
     if args.samples is not None:
         scene.cycles.samples = args.samples
     tile = dc.inference.DEFAULT_TILE if args.tile is None else args.tile
+    noisy_paths = {frame: folder / (f"{stem}_{frame:04d}_noisy.exr" if args.keep_noisy
+                                    else f".{stem}_{frame:04d}.noisy.exr") for frame in frames}
+    if args.temporal:
+        return _render_then_denoise_shot(args, scene, worker, info, targets, noisy_paths, tile)
     for frame, target in targets.items():
         started = time.perf_counter()
         scene.frame_set(frame)
-        name = f"{stem}_{frame:04d}_noisy.exr" if args.keep_noisy else f".{stem}_{frame:04d}.noisy.exr"
-        noisy = folder / name
+        noisy = noisy_paths[frame]
         try:
             render_noisy(scene, noisy)
             rendered = time.perf_counter()
@@ -120,4 +128,33 @@ def _run(args, dc, worker: Worker) -> int:
                 noisy.unlink(missing_ok=True)
         print(f"denoise.py: frame {frame}: {target} (render {rendered - started:.1f} s, "
               f"denoise {time.perf_counter() - rendered:.1f} s)", flush=True)
+    return 0
+
+
+def _render_then_denoise_shot(args, scene, worker: Worker, info, targets: dict[int, Path],
+                              noisy_paths: dict[int, Path], tile: int) -> int:
+    """--temporal: render every frame, then denoise them in order, each blended with the previous one."""
+    try:
+        for frame, noisy in noisy_paths.items():
+            started = time.perf_counter()
+            scene.frame_set(frame)
+            render_noisy(scene, noisy)
+            print(f"denoise.py: frame {frame}: rendered ({time.perf_counter() - started:.1f} s)", flush=True)
+        started = time.perf_counter()
+        frames = [[frame, str(noisy_paths[frame]), str(target)] for frame, target in targets.items()]
+        # outputs that existed were refused unless --overwrite: every frame is written
+        worker.request("shot", frames=frames, model=str(info.path), device=args.device, tile=tile,
+                       overwrite=True, drop_layers=[COMPOSITOR_LAYER])
+        denoised = time.perf_counter()
+        if args.png:
+            for target in targets.values():
+                write_png(scene, worker, target, target.with_suffix(".png"))
+    finally:
+        if not args.keep_noisy:
+            for noisy in noisy_paths.values():
+                noisy.unlink(missing_ok=True)
+    for frame, target in targets.items():
+        print(f"denoise.py: frame {frame}: {target}", flush=True)
+    print(f"denoise.py: {len(targets)} frame(s) denoised in temporal mode ({denoised - started:.1f} s)",
+          flush=True)
     return 0

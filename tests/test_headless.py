@@ -12,11 +12,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from addon_harness import REPO, built_linux_zip, run_bpy
+from exr_fixtures import read_channels
 from onnx_models import save_model
 
-from denoiser_core import read_exr
+from denoiser_core import denoise_file, load_model, read_exr
+from denoiser_core.shot import denoise_shot
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "blender_addon" / "denoise.py"
@@ -58,6 +61,47 @@ def test_three_frames_render_and_denoise_to_exr_and_png(scene, tmp_path):
     assert png_size(out / "anim_0002.png") == (64, 48)
     assert "frame 3:" in result.stdout
     assert "model guided on CPU" in result.stdout  # which device ran (and why, after a fallback)
+
+
+def test_temporal_renders_every_frame_then_denoises_them_as_one_shot(scene, tmp_path):
+    """--temporal turns the Vector pass on and denoises the frames in order with denoise_shot (run here
+    on the kept noisy frames it writes the same files); the first frame is the per-frame result."""
+    out = tmp_path / "out"
+    result = denoise(SCRIPT, scene["blend"], "--frames", "1-3", "--samples", "1", "--output", str(out),
+                     "--model", str(scene["model"]), "--device", "cpu", "--temporal", "--keep-noisy",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 frame(s) denoised in temporal mode" in result.stdout
+    denoiser = load_model(scene["model"], "cpu")
+    frames = [(n, out / f"anim_000{n}_noisy.exr", tmp_path / f"shot_000{n}.exr") for n in (1, 2, 3)]
+    assert "ViewLayer.Vector.X" in read_channels(frames[0][1])
+    assert denoise_shot(frames, denoiser) == 3
+    for number, _noisy, expected in frames:
+        written = read_channels(out / f"anim_000{number}.exr")
+        mine = {k: v for k, v in read_channels(expected).items() if k.startswith("ViewLayer.")}
+        assert set(written) == set(mine) and "ViewLayer.Temporal History.N" in written
+        for name, pixels in mine.items():
+            np.testing.assert_array_equal(written[name], pixels, err_msg=f"frame {number} {name}")
+    assert read_channels(out / "anim_0003.exr")["ViewLayer.Temporal History.N"].max() == 3.0
+    per_frame = read_channels(denoise_file(frames[0][1], tmp_path / "single.exr", model=denoiser))
+    first = read_channels(out / "anim_0001.exr")
+    for channel in "RGBA":
+        name = f"ViewLayer.Combined.{channel}"
+        np.testing.assert_array_equal(first[name], per_frame[name])
+
+
+def test_temporal_with_motion_blur_exits_2_before_rendering(scene, tmp_path):
+    blurred = tmp_path / "blurred.blend"
+    run_bpy(f"bpy.ops.wm.open_mainfile(filepath={str(scene['blend'])!r})\n"
+            "bpy.context.scene.render.use_motion_blur = True\n"
+            f"bpy.ops.wm.save_as_mainfile(filepath={str(blurred)!r})\nemit(saved=True)", tmp_path / "user")
+    out = tmp_path / "out"
+    result = denoise(SCRIPT, blurred, "--frames", "1-2", "--output", str(out), "--model", str(scene["model"]),
+                     "--temporal", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("denoise.py: error: --temporal needs Motion Blur off: "
+                                                      "Cycles writes no Vector pass with Motion Blur on")
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_relative_output_and_no_overwrite_without_asking(scene, tmp_path):
