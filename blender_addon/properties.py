@@ -21,7 +21,7 @@ class KPRCAN_SceneSettings(bpy.types.PropertyGroup):
         name="Temporal", default=True,
         description="Denoise the animation's frames in frame order when the render ends, each blended "
                     "with the previous one so flat areas do not flicker. Needs the Vector pass (Configure "
-                    "Passes turns it on) and Motion Blur off (Cycles writes no Vector pass with it); "
+                    "Passes turns it on) and Motion Blur off (Cycles writes no motion vectors with it); "
                     "otherwise each frame is denoised on its own")
 
 

@@ -44,7 +44,7 @@ def temporal_asked(scene) -> bool:
     return settings.denoise_animation and settings.temporal
 
 
-NO_VECTOR_WITH_MOTION_BLUR = "Cycles writes no Vector pass with Motion Blur on"
+NO_VECTOR_WITH_MOTION_BLUR = "Cycles writes no motion vectors with Motion Blur on"
 
 
 def temporal_problem(scene) -> str | None:
@@ -53,7 +53,8 @@ def temporal_problem(scene) -> str | None:
     Temporal mode moves the previous frame's result to where each surface is now with the Vector pass.
     """
     if scene.render.use_motion_blur:
-        return "Motion Blur is on (Render Properties > Motion Blur), and Cycles writes no Vector pass with it"
+        return ("Motion Blur is on (Render Properties > Motion Blur), and Cycles writes no motion vectors "
+                "with it")
     if scene.frame_step != 1:
         return "Frame Step is not 1, and the Vector pass leads to the frame just before each one"
     dropped = set(compat.view_layers_without_render_layers_node(scene))

@@ -103,7 +103,7 @@ def test_temporal_is_on_by_default_and_configure_passes_turns_on_the_vector_pass
     assert session["configure"] == ["FINISHED"]
     assert session["vector_after"] is True
     report = [line for line in session["output"].splitlines() if "KPRCAN (guided):" in line]
-    assert len(report) == 1 and "keep Motion Blur off (Cycles writes no Vector pass with Motion Blur on)" \
+    assert len(report) == 1 and "keep Motion Blur off (Cycles writes no motion vectors with Motion Blur on)" \
         in report[0], report
     assert any(text.startswith("Temporal mode: frames are denoised in order when the render ends")
                for text in _texts(session["status_after"]))
@@ -142,7 +142,7 @@ def test_animation_frames_are_denoised_as_one_shot(session, denoiser, tmp_path):
 
 def test_with_motion_blur_frames_are_denoised_one_by_one_and_the_panel_says_why(session):
     why = ("Temporal mode is unavailable: Motion Blur is on (Render Properties > Motion Blur), and Cycles "
-           "writes no Vector pass with it; each frame is denoised on its own")
+           "writes no motion vectors with it; each frame is denoised on its own")
     assert why in _texts(session["status_blur"])
     assert why in session["configure_blur"]
     assert session["output"].count(f"KPRCAN: {why}") == 1  # one line for the whole render

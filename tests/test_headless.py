@@ -100,7 +100,7 @@ def test_temporal_with_motion_blur_exits_2_before_rendering(scene, tmp_path):
                      "--temporal", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == ("denoise.py: error: --temporal needs Motion Blur off: "
-                                                      "Cycles writes no Vector pass with Motion Blur on")
+                                                      "Cycles writes no motion vectors with Motion Blur on")
     assert not out.exists() or not any(out.iterdir())
 
 
