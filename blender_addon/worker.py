@@ -302,17 +302,13 @@ def _serve() -> int:
         to_write = [target for _number, _source, target in frames if overwrite or not target.exists()]
         drop = set(message.get("drop_layers", ()))
 
-        def progress(fraction: float) -> None:
-            if cancel.is_set():  # denoise_shot has no cancel argument: stop at the next tile, as denoise does
-                raise dc.DenoiserError("cancelled")
-            send({"progress": fraction})
-
         # denoise_shot reads each whole file: the dropped layers are removed from the outputs it wrote
         quiet, core_log = _QuietAbout(drop), logging.getLogger("kprcan")
         core_log.addFilter(quiet)
         try:
             written = denoise_shot(frames, model, tile=int(message.get("tile", 0)), overwrite=overwrite,
-                                   progress=progress)
+                                   progress=lambda fraction: send({"progress": fraction}),
+                                   cancel=cancel.is_set)
         finally:
             core_log.removeFilter(quiet)
             for target in to_write if drop else ():

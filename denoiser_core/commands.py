@@ -103,8 +103,11 @@ def _run_temporal(args: argparse.Namespace) -> int:
     for _number, source, target in frames:  # every input and output checked before any model is loaded
         check_exr_file(source)
         check_output_path(source, target, overwrite=True)
-    first = read_exr(frames[0][1])
-    frame_guides(first.canonical_passes(first.layers[0]))  # refuses a render without the Vector pass
+    info, first = resolve_model(args.model), read_exr(frames[0][1])
+    for layer in first.layers:  # each layer that will be denoised needs the Vector pass
+        passes = first.canonical_passes(layer)
+        if passes and not missing_for(info, passes):
+            frame_guides(passes)
     del first
     if not args.overwrite and all(target.exists() for _n, _s, target in frames):
         log.info("every frame's output exists (use --overwrite to redo them)")

@@ -54,11 +54,13 @@ def read_history(source: Path, output: Path) -> dict[str, History]:
 
 def denoise_shot(frames: list[tuple[int, Path, Path]], denoiser: Denoiser, *, tile: int = DEFAULT_TILE,
                  overwrite: bool = False, half: bool = False, settings: TemporalSettings | None = None,
-                 shot_marker: Path | None = None, progress: Callable[[float], None] | None = None) -> int:
+                 shot_marker: Path | None = None, progress: Callable[[float], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> int:
     """Denoise ``frames`` ((frame number, input, output), in order) as one shot; returns frames written.
 
     ``shot_marker`` is the path claimed for the whole shot (default: the first output). Frames whose
     output exists are skipped unless ``overwrite``; their stored history carries on to the next frame.
+    ``cancel`` is polled between tiles (denoise_file); frames finished before it are kept.
     """
     marker = shot_marker or frames[0][2]
     held = claim(marker)
@@ -69,10 +71,10 @@ def denoise_shot(frames: list[tuple[int, Path, Path]], denoiser: Denoiser, *, ti
             held = claim(marker)
     with held:
         return _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings or TemporalSettings(),
-                                     progress)
+                                     progress, cancel)
 
 
-def _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings, progress) -> int:
+def _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings, progress, cancel) -> int:
     history: dict[str, History] = {}
     finished_before: tuple[Path, Path] | None = None  # the last skipped frame, read only if needed
     previous, written = None, 0
@@ -95,7 +97,7 @@ def _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings, pro
                 progress((index + fraction) / len(frames))
 
         denoise_file(source, target, denoiser, tile=tile, overwrite=overwrite, half=half,
-                     progress=frame_progress, refine=refine)
+                     progress=frame_progress, cancel=cancel, refine=refine)
         history, written = refine.updated, written + 1
     return written
 

@@ -105,3 +105,21 @@ def test_temporal_mode_refuses_frames_without_the_vector_pass(cycles_exr, tmp_pa
 def test_temporal_mode_needs_a_sequence(shot, tmp_path):
     run = kprcan("denoise", "--temporal", shot / "shot_0001.exr", "-o", tmp_path / "x.exr", home=tmp_path)
     assert_one_line_error(run, 2, "--temporal", "####")
+
+
+def test_a_layer_without_passes_does_not_need_the_vector_pass(shot, tmp_path):
+    """Frames rendered with compositing on hold a 'Composite' layer (Combined only) beside the view
+    layer: only the layers that are denoised need the Vector pass."""
+    from denoiser_core.exr import read_exr, write_exr
+
+    folder = tmp_path / "composited"
+    folder.mkdir()
+    for path in sorted(shot.glob("shot_*.exr"))[:2]:
+        image = read_exr(path)
+        combined = image.find("ViewLayer", "Combined")
+        image.set_pass("Composite", "Combined", combined.components, combined.hwc.copy(), combined.part)
+        write_exr(image, folder / path.name)
+    assert read_exr(folder / "shot_0001.exr").layers[0] == "Composite"
+    run = _temporal(folder, tmp_path / "out", tmp_path)
+    assert run.code == 0, run.stderr
+    assert len(list((tmp_path / "out").glob("den_*.exr"))) == 2
