@@ -13,6 +13,7 @@ import pytest
 from training.datagen import plan
 from training.datagen.exr_io import read_passes
 from training.datagen.scene_kinds import make_scene
+from training.datagen.scenes import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,3 +178,12 @@ def test_cameras_leave_props_and_stay_in_rooms_without_changing_clear_scenes(mon
         else:  # moved, unless no spot on its line of sight is clear (seed 32: left as it was)
             moved = scene["camera"]["location"] != before["camera"]["location"]
             assert moved or not scene_kinds._camera_ok(scene["camera"]["location"], scene), seed
+
+
+def test_stress_kinds_come_only_on_request():
+    """fog and dof views exist for test sets; random seeds never draw them, so training data is unchanged."""
+    assert {make_scene(seed)["kind"] for seed in range(300)} <= set(KINDS)
+    fog = make_scene(7, kind="fog")
+    densities = [o["material"]["volume"]["density"] for o in fog["objects"] if "volume" in o["material"]]
+    assert fog["kind"] == "fog" and densities and min(densities) >= 0.15
+    assert make_scene(7, kind="dof")["camera"]["dof"]["fstop"] <= 1.2

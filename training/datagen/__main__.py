@@ -19,7 +19,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from training.datagen.scenes import KINDS
+from training.datagen.scenes import KINDS, STRESS_KINDS
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N: render every N-th view")
     r.add_argument("--blend", nargs="+", default=[], help="user .blend files instead of procedural scenes")
     r.add_argument("--frames", type=int, nargs="+", default=[], help="frames to pick from (--blend)")
-    r.add_argument("--kinds", nargs="+", default=[], choices=KINDS, metavar="KIND",
-                   help=f"procedural scene kinds in turn, one per view ({', '.join(KINDS)}); "
+    r.add_argument("--kinds", nargs="+", default=[], choices=KINDS + STRESS_KINDS, metavar="KIND",
+                   help=f"procedural scene kinds in turn, one per view ({', '.join(KINDS + STRESS_KINDS)}; "
+                        f"{' and '.join(STRESS_KINDS)} only on request); "
                         "default: drawn from each view's seed")
     r.add_argument("--python", default=None, help="interpreter with pip bpy (default: this one)")
     r.add_argument("--log", type=Path, default=None, help="log file (default: OUT/datagen.log)")

@@ -7,6 +7,7 @@ import random
 
 from training.datagen.scenes import (
     KINDS,
+    STRESS_KINDS,
     _color,
     _r,
     _vec,
@@ -124,9 +125,33 @@ def closeup(rng: random.Random) -> dict:
     return scene
 
 
+def fog(rng: random.Random) -> dict:
+    """Dense fog filling the set, a light shaft between pillars: the floor and pillars are seen through
+    the fog, so their colour passes carry its per-sample transmittance (noisy Diffuse / Glossy Color)."""
+    scene = studio(rng)
+    for x in (-1.2, 1.2):
+        scene["objects"].append(_box((x, rng.uniform(-0.5, 0.5), 1.5), (0.25, 0.25, 1.5),
+                                     make_material(rng, "diffuse")))
+    scene["objects"].append({"mesh": "cube", "location": _vec(0, 0, 4), "scale": _vec(12, 12, 4),
+                             "material": {"volume": {"density": _r(rng.uniform(0.15, 0.4)),
+                                                     "color": _color(rng, 0.8, 1.0),
+                                                     "anisotropy": _r(rng.uniform(0.0, 0.6))}}})
+    scene["lights"].append({"type": "SPOT", "location": _vec(rng.uniform(-0.5, 0.5), 2.5, 5.5),
+                            "target": [0, 0, 0], "energy": _r(rng.uniform(2000, 6000)),
+                            "size": 0.05, "spot_size": _r(rng.uniform(0.3, 0.6)), "spot_blend": 0.2})
+    return scene
+
+
+def dof(rng: random.Random) -> dict:
+    """A close-up with strong depth of field (always on, wide open)."""
+    scene = closeup(rng)
+    scene["camera"]["dof"] = {"distance": _r(rng.uniform(1.5, 3.0)), "fstop": _r(rng.uniform(0.4, 1.2))}
+    return scene
+
+
 BUILDERS = {"interior": interior, "exterior": exterior, "studio": studio, "caustics": caustics,
-            "volume": volume, "closeup": closeup}
-assert set(BUILDERS) == set(KINDS)
+            "volume": volume, "closeup": closeup, "fog": fog, "dof": dof}
+assert set(BUILDERS) == set(KINDS) | set(STRESS_KINDS)
 
 
 def make_scene(seed: int, resolution: tuple[int, int] = (128, 128), kind: str | None = None) -> dict:
