@@ -42,12 +42,36 @@ def finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
+def set_layer_channels(module: nn.Module, channels: dict[str, list[int]]) -> None:
+    """Give the layers ``channels`` names (paths in ``module``) these ``[in, out]`` channel counts: each
+    convolution or batch norm is replaced by a fresh one of that size with its other settings kept. How a
+    config (``model.channels``) rebuilds a network whose channels were pruned; load its weights after."""
+    for path, (in_channels, out_channels) in channels.items():
+        owner_path, _, name = path.rpartition(".")
+        try:
+            owner = module.get_submodule(owner_path)
+            layer = getattr(owner, name)
+        except AttributeError:
+            raise ValueError(f"model.channels names {path}, which this model does not have") from None
+        if isinstance(layer, nn.Conv2d):
+            resized = nn.Conv2d(in_channels, out_channels, layer.kernel_size, layer.stride, layer.padding,
+                                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+        elif isinstance(layer, nn.BatchNorm2d) and in_channels == out_channels:
+            resized = nn.BatchNorm2d(out_channels, layer.eps, layer.momentum, layer.affine,
+                                     layer.track_running_stats)
+        else:
+            raise ValueError(f"model.channels: {path} is a {type(layer).__name__}, not a convolution or a "
+                             "batch norm with as many inputs as outputs")
+        setattr(owner, name, resized)
+
+
 class DenoiserGraph(nn.Module):
     """``forward(diffuse, specular, albedo, normal, depth[, diffuse_variance, specular_variance])`` ->
     ``(diffuse_denoised, specular_denoised)``, all (N, C, H, W) as in docs/contract.md.
 
     ``model`` is the config's ``model`` mapping (``type`` + keyword arguments, see ``training.archs``);
-    one network of that type is built per component.
+    one network of that type is built per component. Its optional ``channels`` (written by
+    ``training/prune.py``) gives layers other channel counts (``set_layer_channels``).
     """
 
     def __init__(self, model: dict, log_diffuse: bool = False, use_variance: bool = False,
@@ -57,7 +81,10 @@ class DenoiserGraph(nn.Module):
         self.model_spec = dict(model)
         self.log_space = {"diffuse": log_diffuse, "specular": True}
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
-        self.nets = nn.ModuleDict({c: build_arch(model, self.feature_channels) for c in COMPONENTS})
+        architecture = {key: value for key, value in model.items() if key != "channels"}
+        self.nets = nn.ModuleDict({c: build_arch(architecture, self.feature_channels) for c in COMPONENTS})
+        if model.get("channels"):  # a pruned graph (training/prune.py)
+            set_layer_channels(self, model["channels"])
 
     @property
     def feature_channels(self) -> int:
