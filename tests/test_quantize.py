@@ -19,6 +19,7 @@ from denoiser_core import DenoiserError, load_model, read_exr
 from denoiser_core.images import psnr, to_srgb
 from denoiser_core.models import read_model_info
 from training import quantize
+from training.metrics import relmse
 
 REPO = Path(__file__).resolve().parents[1]
 FLOAT_MODEL = REPO / "models" / "fast.onnx"
@@ -52,7 +53,16 @@ def test_only_the_convolutions_are_quantized(int8_model):
     initializers = {init.name: init for init in graph.initializer}
     convolutions = [node for node in graph.node if node.op_type == "Conv"]
     assert len(convolutions) == Counter(n.op_type for n in source.node)["Conv"]
-    for conv in convolutions:  # int8 weights and uint8 activations, dequantized right before each Conv
+    # the first convolution of each branch, which reads the pre-processed inputs, stays float32
+    inputs_read = {c.name for c in convolutions if c.input[1] in initializers}
+    assert len(inputs_read) == 2 and all("encoders.0/encoders.0.0/" in name for name in inputs_read)
+    assert quantize.input_convolutions(onnx.load(str(FLOAT_MODEL))) == inputs_read
+    for conv in convolutions:
+        if conv.name in inputs_read:
+            assert initializers[conv.input[1]].data_type == TensorProto.FLOAT
+            assert producer[conv.input[0]].op_type != "DequantizeLinear"
+            continue
+        # int8 weights and uint8 activations, dequantized right before the Conv
         data, weight = producer[conv.input[0]], producer[conv.input[1]]
         assert data.op_type == weight.op_type == "DequantizeLinear", conv.name
         assert initializers[weight.input[0]].data_type == TensorProto.INT8, conv.name
@@ -65,7 +75,8 @@ def test_only_the_convolutions_are_quantized(int8_model):
             assert on_output or all(c.op_type == "Conv" for c in dequantized), node.name
     ops, float_ops = Counter(n.op_type for n in graph.node), Counter(n.op_type for n in source.node)
     assert {op: ops[op] for op in FLOAT_OPS} == {op: float_ops[op] for op in FLOAT_OPS}
-    assert ops["Relu"] == 0  # folded into the uint8 range of the convolution before it
+    # ReLUs after quantized convolutions are folded into their uint8 range; the float ones keep theirs
+    assert ops["Relu"] == len(inputs_read)
     assert not [op for op in ops if op.startswith("QLinear") or op.startswith("ConvInteger")]
     assert int8_model.stat().st_size < FLOAT_MODEL.stat().st_size / 3  # 8-bit weights instead of 32
 
@@ -86,13 +97,18 @@ def test_int8_output_stays_within_tolerance_of_float(int8_model):
     """Tolerance: the int8 beauty at least 53 dB PSNR (clamped sRGB) from the float beauty, and its PSNR
     against the reference within 0.1 dB of the float model's (the shipping bar). 53 dB because a deviation
     uncorrelated with the float model's own error (36 dB on this view) adds its squared error:
-    10 log10(1 + 10^-1.7) = 0.09 dB. (Calibrated on this same render: a test of the tooling, not of how
-    well calibration generalises, which the held-out evaluation measures.)"""
-    passes, reference = first_layer(NOISY), to_srgb(first_layer(REFERENCE)["combined"][..., :3])
+    10 log10(1 + 10^-1.7) = 0.09 dB. Clamped sRGB hides highlights (percentile ranges clip the activations
+    of a few bright pixels), so the HDR error, relMSE against the reference, may grow by 5 % at most.
+    (Calibrated on this same render: a test of the tooling, not of how well calibration generalises,
+    which the held-out evaluation measures.)"""
+    passes, reference = first_layer(NOISY), first_layer(REFERENCE)["combined"][..., :3]
     float_beauty = load_model(FLOAT_MODEL, "cpu").denoise(passes).beauty[..., :3]
     int8_beauty = load_model(int8_model, "cpu").denoise(passes).beauty[..., :3]
     assert psnr(to_srgb(int8_beauty), to_srgb(float_beauty)) > 53
-    assert abs(psnr(to_srgb(int8_beauty), reference) - psnr(to_srgb(float_beauty), reference)) <= 0.1
+    float_psnr, int8_psnr = psnr(to_srgb(float_beauty), to_srgb(reference)), psnr(to_srgb(int8_beauty),
+                                                                                  to_srgb(reference))
+    assert abs(int8_psnr - float_psnr) <= 0.1
+    assert relmse(int8_beauty, reference) <= 1.05 * relmse(float_beauty, reference)
 
 
 def test_models_without_precision_are_float32_and_unknown_precisions_refused(tmp_path):

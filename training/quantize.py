@@ -2,7 +2,7 @@
 """Turn a kprcan ONNX model into an int8 one with onnxruntime's static quantization (QDQ format).
 
     python -m training.quantize models/fast.onnx -o runs/int8/fast-int8.onnx \\
-        --calibration examples/noisy.exr data/renders/val
+        --calibration data/renders/val
 
 Only the convolutions are quantized: their input activations to uint8 (asymmetric), their weights to int8
 (symmetric, per output channel unless ``--per-tensor``), their biases to int32. A ReLU right after a
@@ -12,6 +12,16 @@ normalisation), upsampling and skip additions between the convolutions, the soft
 kernel, the kernel application and the post-processing. (onnxruntime's CPU optimiser fuses each
 DequantizeLinear -> Conv -> QuantizeLinear into a QLinearConv, and runs an average pool found between two
 such pairs in uint8.) Convolutions whose node name contains a ``--keep-float`` pattern stay float32.
+
+The convolutions that read the pre-processed inputs (one per branch: the convolutions with no
+convolution upstream) stay float32 unless ``--quantize-inputs``: their input stacks log1p colour with
+features and gradients under one uint8 scale of 0.02 to 0.08 per step, and a dark render's log1p colour
+(a few hundredths on the exterior test view) lies within a step or two of zero. Activation ranges are
+the 99.99th percentile of each tensor's values by default (``--method minmax`` takes the extremes): a few
+pixels of a visible light stretch the extremes 2-3x in the first layers. Both measured on `fast` and the
+six 384x256 test views of docs/data.md (2026-11-27): with minmax ranges from the 128x96 validation views
+that exterior view lost 7.0 dB at 16 spp (2.5 dB with the input convolutions in float); with the defaults
+and the same views no test view lost more than 0.07 dB at 16 spp and 0.13 dB at 64 spp.
 
 Calibration feeds the model exactly what inference feeds it: each render goes through
 ``denoiser_core.inference.Denoiser`` (pass decomposition, sanitising, tiling with the model's context)
@@ -53,12 +63,13 @@ from denoiser_core.pipeline import denoisable_layers
 from training.checkpoint import atomic_write
 from training.evaluate import NOISY_NAME, mean_passes
 
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-           "percentile": CalibrationMethod.Percentile}
+# (onnxruntime's entropy method gave exactly minmax's ranges on `fast`, so it is not offered.)
+METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
 # Calibration tiles: windows of tile + 2 * context pixels, as the core would cut a render that large.
-# minmax keeps two numbers per tensor and window; entropy and percentile keep every quantized tensor of
-# every window until the end (about 0.3 GB per window of `fast` at 256 px).
+# minmax keeps two numbers per tensor and window; percentile keeps every quantized tensor of every
+# window until the end (about 0.2 GB per window of `fast` at 256 px).
 DEFAULT_TILE = 256
+DEFAULT_PERCENTILE = 99.99  # 1 value in 10 000 outside the range, both tails (onnxruntime's: 99.999)
 
 
 class _FeedRecorder:
@@ -131,12 +142,29 @@ def record_windows(model: str | Path, paths: list[Path], tile: int = DEFAULT_TIL
     return recorder.feeds, labels
 
 
-def convolutions(model: onnx.ModelProto, keep_float: list[str]) -> tuple[list[str], list[str], list[str]]:
+def input_convolutions(model: onnx.ModelProto) -> set[str]:
+    """Conv nodes with no Conv upstream: those that read the pre-processed inputs (log1p colours,
+    features, gradients) straight from the graph's float arithmetic."""
+    after_conv: set[str] = set()  # tensors computed from some convolution's output
+    first = set()
+    for node in model.graph.node:  # ONNX keeps nodes in topological order
+        downstream = any(name in after_conv for name in node.input)
+        if node.op_type == "Conv" and not downstream:
+            first.add(node.name)
+        if node.op_type == "Conv" or downstream:
+            after_conv.update(node.output)
+    return first
+
+
+def convolutions(model: onnx.ModelProto, keep_float: list[str], quantize_inputs: bool = False) -> tuple[
+        list[str], list[str], list[str]]:
     """Names of (Conv nodes to quantize, the ReLUs right after them, Conv nodes kept float)."""
+    float_first = set() if quantize_inputs else input_convolutions(model)
     quantized, kept = [], []
     for node in model.graph.node:
         if node.op_type == "Conv":
-            (kept if any(pattern in node.name for pattern in keep_float) else quantized).append(node.name)
+            keep = node.name in float_first or any(pattern in node.name for pattern in keep_float)
+            (kept if keep else quantized).append(node.name)
     quantized_outputs = {o for node in model.graph.node if node.name in quantized for o in node.output}
     relus = [node.name for node in model.graph.node if node.op_type == "Relu"
              and node.input[0] in quantized_outputs]
@@ -144,7 +172,8 @@ def convolutions(model: onnx.ModelProto, keep_float: list[str]) -> tuple[list[st
 
 
 def quantize(model: str | Path, output: Path, calibration: list[Path], *, tile: int = DEFAULT_TILE,
-             per_channel: bool = True, method: str = "minmax", keep_float: list[str] | None = None,
+             per_channel: bool = True, method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
+             keep_float: list[str] | None = None, quantize_inputs: bool = False,
              name: str | None = None) -> dict:
     """Write the int8 model to ``output`` (atomically) and return its ``kprcan.quantization`` record."""
     info = resolve_model(model)
@@ -162,8 +191,8 @@ def quantize(model: str | Path, output: Path, calibration: list[Path], *, tile: 
         # onnxruntime's own preparation: graph optimisation and ONNX shape inference (the symbolic one is
         # for transformers and cannot follow this graph's Shape/Slice arithmetic).
         quant_pre_process(str(info.path), str(prepared), skip_symbolic_shape=True)
-        convs, relus, kept = convolutions(onnx.load(str(prepared)), keep_float)
-        unmatched = [pattern for pattern in keep_float if not any(pattern in conv for conv in kept)]
+        convs, relus, kept = convolutions(onnx.load(str(prepared)), keep_float, quantize_inputs)
+        unmatched = [pattern for pattern in keep_float if not any(pattern in conv for conv in convs + kept)]
         if unmatched:
             raise DenoiserError(f"--keep-float {' '.join(unmatched)}: no convolution's name contains it "
                                 f"(names look like {convs[0] if convs else kept[0]})")
@@ -171,7 +200,8 @@ def quantize(model: str | Path, output: Path, calibration: list[Path], *, tile: 
             "tool": "onnxruntime.quantization.quantize_static, QDQ",
             "activations": "uint8 asymmetric",
             "weights": "int8 symmetric " + ("per channel" if per_channel else "per tensor"),
-            "calibration": method, "calibration_windows": len(feeds), "calibration_renders": labels,
+            "calibration": method + (f" {percentile}" if method == "percentile" else ""),
+            "calibration_windows": len(feeds), "calibration_renders": labels,
             "quantized_convolutions": len(convs), "float_convolutions": kept,
         }
         quantized = Path(scratch) / "quantized.onnx"
@@ -180,7 +210,10 @@ def quantize(model: str | Path, output: Path, calibration: list[Path], *, tile: 
             op_types_to_quantize=["Conv", "Relu"], nodes_to_quantize=convs + relus, per_channel=per_channel,
             reduce_range=False,  # VNNI (and ARM dot-product) kernels accumulate 8-bit products exactly
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=METHODS[method])
+            calibrate_method=METHODS[method],
+            # Ranges from both tails (percentile defaults to |x|): a folded ReLU needs its range to start
+            # at 0, where a symmetric one would let negative values through.
+            extra_options={"CalibTensorRangeSymmetric": False, "CalibPercentile": percentile})
         result = onnx.load(str(quantized))
         metadata = {**info.metadata, PREFIX + "name": name or f"{info.name}-int8",
                     PREFIX + "precision": "int8", PREFIX + "quantization": json.dumps(record)}
@@ -208,15 +241,21 @@ def main(argv: list[str] | None = None) -> int:
                              f"{DEFAULT_TILE})")
     parser.add_argument("--per-tensor", action="store_true",
                         help="one weight scale per convolution instead of one per output channel")
-    parser.add_argument("--method", choices=sorted(METHODS), default="minmax",
-                        help="how activation ranges are calibrated (default minmax)")
+    parser.add_argument("--method", choices=sorted(METHODS), default="percentile",
+                        help="how activation ranges are calibrated (default percentile)")
+    parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                        help=f"with --method percentile: %% of values inside the range (default "
+                             f"{DEFAULT_PERCENTILE})")
     parser.add_argument("--keep-float", nargs="*", default=[], metavar="PATTERN",
                         help="leave convolutions whose node name contains PATTERN in float32 (e.g. heads.)")
+    parser.add_argument("--quantize-inputs", action="store_true",
+                        help="quantize the convolutions that read the pre-processed inputs too (see above)")
     parser.add_argument("--name", help="model name in its metadata (default <name>-int8)")
     args = parser.parse_args(argv)
     try:
         record = quantize(args.model, args.output, args.calibration, tile=args.tile,
-                          per_channel=not args.per_tensor, method=args.method, keep_float=args.keep_float,
+                          per_channel=not args.per_tensor, method=args.method, percentile=args.percentile,
+                          keep_float=args.keep_float, quantize_inputs=args.quantize_inputs,
                           name=args.name)
     except DenoiserError as error:
         print(f"quantize: error: {error}", file=sys.stderr)
