@@ -44,7 +44,7 @@ _ALLOCATION_FAILED = re.compile(r"failed to allocate|out of memory|bad.alloc|all
 class DenoiseResult:
     beauty: np.ndarray      # (H, W, 4) denoised RGBA (alpha of the noisy beauty)
     diffuse: np.ndarray     # (H, W, 3) DiffCol * denoised diffuse light
-    specular: np.ndarray    # (H, W, 3) denoised specular radiance
+    specular: np.ndarray    # (H, W, 3) denoised specular radiance (specular_color * light when demodulated)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # raw network outputs, (H, W, 3)
     parts: Decomposition | None = None  # what the networks saw and what was carried through (recombine)
     nonfinite_inputs: int = 0   # NaN/Inf input values replaced by 0
@@ -117,7 +117,7 @@ class Denoiser:
             log.warning("%s: %d NaN/Inf values in passes the denoiser reads, made finite for it (%s); the "
                         "passes themselves are kept as they are", where or "render", sum(nonfinite.values()),
                         listing)
-        parts = decompose(used, self.info.denoise_residual)
+        parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular)
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
                   "normal": parts.normal, "depth": parts.depth}
         for name in VARIANCE_INPUTS:
@@ -136,7 +136,7 @@ class Denoiser:
         return DenoiseResult(
             beauty=recombine(parts, diffuse, specular),
             diffuse=sanitize(parts.diffuse_color * diffuse),
-            specular=specular,
+            specular=sanitize(parts.specular_color * specular),  # radiance, also when demodulated
             outputs=outputs,
             parts=parts,
             nonfinite_inputs=sum(nonfinite.values()),

@@ -16,8 +16,10 @@ from .passes import PASS_TABLE
 log = logging.getLogger("kprcan")
 
 # Version 2 = version 1 plus ``denoise_residual: true`` (a different specular input): a kprcan that only
-# reads version 1 refuses such a model instead of feeding it the wrong buffer. Version 1 models still load.
-FORMAT_VERSION = 2
+# reads version 1 refuses such a model instead of feeding it the wrong buffer. Version 3 adds
+# ``demodulate_specular: true`` (specular light in, GlossCol + TransCol multiplied back) for the same reason.
+# Version 1 and 2 models still load.
+FORMAT_VERSION = 3
 PREFIX = "kprcan."
 REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", "required_passes",
                  "needs_variance", "receptive_radius", "size_multiple")
@@ -45,12 +47,14 @@ class ModelInfo:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     denoise_residual: bool = False  # specular buffer = all but diffuse light (passes.decompose)
+    demodulate_specular: bool = False  # specular buffer = light, specular colour divided out (decompose)
     precision: str = "float32"  # one of PRECISIONS
     metadata: dict[str, str] = field(default_factory=dict, compare=False)  # raw metadata_props
 
     def summary(self) -> str:
         params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
         residual = ", denoises emission/environment" if self.denoise_residual else ""
+        residual += ", demodulates specular" if self.demodulate_specular else ""
         precision = f", {self.precision} convolutions" if self.precision != "float32" else ""
         return (f"{self.name} ({self.architecture}{precision}, {params}, context {self.receptive_radius} px, "
                 f"size multiple {self.size_multiple}{residual})")
@@ -99,6 +103,11 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         raise bad(f"denoise_residual must be true or false, got {denoise_residual!r}")
     if denoise_residual == "true" and version < 2:
         raise bad("denoise_residual needs format_version 2")
+    demodulate_specular = metadata.get(PREFIX + "demodulate_specular", "false").strip().lower()
+    if demodulate_specular not in ("true", "false"):
+        raise bad(f"demodulate_specular must be true or false, got {demodulate_specular!r}")
+    if demodulate_specular == "true" and version < 3:
+        raise bad("demodulate_specular needs format_version 3")
     precision = metadata.get(PREFIX + "precision", "float32").strip().lower()
     if precision not in PRECISIONS:
         raise bad(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -110,6 +119,7 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         training_data=metadata.get(PREFIX + "training_data", ""),
         parameters=int(parameters) if parameters.strip().isdigit() else None,
         inputs=tuple(inputs), outputs=tuple(outputs), denoise_residual=denoise_residual == "true",
+        demodulate_specular=demodulate_specular == "true",
         precision=precision, metadata=dict(metadata),
     )
 

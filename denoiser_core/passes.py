@@ -29,6 +29,17 @@ counts is noise of either sign (down to -2.7 on a fog view at 16 spp). When Emit
 ``(Combined - specular - Emit - Env) / DiffCol`` (where DiffCol > ``FOLD_MIN_COLOR``, clamped at 0), so that
 noise is denoised with the diffuse light instead of being added back untouched (measured in
 docs/experiments.md: +0.4 dB at 4 and 16 spp on the held-back views, with the shipped weights).
+
+With ``demodulate_specular`` (models whose metadata says ``kprcan.demodulate_specular``), the specular
+buffer is divided by the specular colour ``GlossCol + TransCol`` (per channel, where it exceeds
+``FOLD_MIN_COLOR``; elsewhere the colour is 1 and the radiance is kept), as Cycles divides the diffuse light
+by DiffCol: the networks then filter specular *light*, and a textured reflector keeps its texture because
+``recombine`` multiplies the colour back::
+
+    Combined = diffuse_color * diffuse + specular_color * specular + residual
+
+Volume light (and, with ``denoise_residual``, the residual) that joins the specular buffer is divided by
+the same colour, so the recombination stays exact.
 """
 
 from __future__ import annotations
@@ -79,6 +90,9 @@ OPTIONAL_PASSES = ("volume_direct", "volume_indirect")
 # of the residual (the per-sample colour covariance, see the module docstring) into the diffuse light.
 EMITTED_PASSES = ("emission", "environment")
 FOLD_MIN_COLOR = 0.02   # below this DiffCol the division would amplify noise; the residual keeps it
+# Below this GlossCol + TransCol the specular radiance is not demodulated (decompose's demodulate_specular):
+# dividing by a tiny colour would amplify noise, as for the fold above.
+SPECULAR_MIN_COLOR = FOLD_MIN_COLOR
 # Every pass decompose() uses when present, beyond the required ones: inference forwards exactly these and
 # the add-on enables them, so a pass added to decompose() reaches both.
 PASSES_USED_WHEN_PRESENT = (*OPTIONAL_PASSES, *EMITTED_PASSES)
@@ -129,12 +143,15 @@ class Decomposition:
     diffuse: np.ndarray         # diffuse light, DiffDir + DiffInd (albedo already divided out by Cycles),
     #                             with the colour covariance folded in when Emit and Env are present
     diffuse_color: np.ndarray   # DiffCol, multiplied back in after denoising
-    specular: np.ndarray        # glossy + transmission + volume radiance
+    specular: np.ndarray        # glossy + transmission + volume radiance, divided by specular_color
     albedo: np.ndarray          # Denoising Albedo (feature)
     normal: np.ndarray          # Denoising Normal (feature)
     depth: np.ndarray           # Denoising Depth (feature), (H, W, 1)
-    residual: np.ndarray        # Combined.rgb - (diffuse_color * diffuse + specular): emission, env, rest
+    residual: np.ndarray        # Combined.rgb - (diffuse_color * diffuse + specular_color * specular):
+    #                             emission, env, rest
     alpha: np.ndarray           # Combined.A, (H, W, 1)
+    specular_color: np.ndarray  # GlossCol + TransCol with demodulate_specular (1 where tiny), else ones;
+    #                             multiplied back in after denoising
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -176,7 +193,8 @@ def sanitize_guide(name: str, image: np.ndarray) -> np.ndarray:
     return np.clip(clean, low, top).astype(np.float32, copy=False)
 
 
-def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> Decomposition:
+def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False,
+              demodulate_specular: bool = False) -> Decomposition:
     """Split canonical passes (H, W, C float arrays) into the denoiser's components.
 
     ``passes`` (left unchanged) must hold DECOMPOSITION_PASSES and FEATURE_PASSES: colours are read with
@@ -184,7 +202,9 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> 
     and with both EMITTED_PASSES the diffuse light takes the colour covariance too (module docstring).
     With ``denoise_residual`` the specular buffer is everything that is not diffuse light (the residual --
     emission, environment, what no pass covers -- joins it and is denoised with it) and the residual is
-    zero: for models trained that way (metadata ``kprcan.denoise_residual``).
+    zero: for models trained that way (metadata ``kprcan.denoise_residual``). With ``demodulate_specular``
+    the specular buffer is light, divided by ``specular_color`` (module docstring; metadata
+    ``kprcan.demodulate_specular``); without, ``specular_color`` is ones.
     """
     def get(name: str) -> np.ndarray:
         return sanitize(passes[name])
@@ -194,8 +214,9 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> 
     alpha = combined[..., 3:4] if combined.shape[-1] > 3 else np.ones_like(rgb[..., :1])
     diffuse = get("diffuse_direct") + get("diffuse_indirect")
     diffuse_color = get("diffuse_color")
-    specular = (get("glossy_color") * (get("glossy_direct") + get("glossy_indirect"))
-                + get("transmission_color") * (get("transmission_direct") + get("transmission_indirect")))
+    glossy_color, transmission_color = get("glossy_color"), get("transmission_color")
+    specular = (glossy_color * (get("glossy_direct") + get("glossy_indirect"))
+                + transmission_color * (get("transmission_direct") + get("transmission_indirect")))
     for name in OPTIONAL_PASSES:
         if name in passes:
             specular = specular + get(name)
@@ -205,6 +226,11 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> 
                                              sum(get(name)[..., :3] for name in EMITTED_PASSES))
     if denoise_residual:
         specular, residual = specular + residual, np.zeros_like(residual)
+    specular_color = np.ones_like(specular)
+    if demodulate_specular:
+        colour = glossy_color + transmission_color
+        specular_color = np.where(colour > SPECULAR_MIN_COLOR, colour, np.float32(1.0))
+        specular = specular / specular_color
     return Decomposition(
         diffuse=diffuse.astype(np.float32),
         diffuse_color=diffuse_color.astype(np.float32),
@@ -214,6 +240,7 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False) -> 
         depth=sanitize_guide("depth", passes["denoising_depth"][..., :1]),
         residual=residual.astype(np.float32),
         alpha=alpha.astype(np.float32),
+        specular_color=specular_color.astype(np.float32),
     )
 
 
@@ -229,11 +256,12 @@ def _fold_covariance(diffuse: np.ndarray, diffuse_color: np.ndarray, residual: n
 
 
 def recombine(parts: Decomposition, diffuse: np.ndarray, specular: np.ndarray) -> np.ndarray:
-    """Beauty RGBA from (denoised) diffuse light and specular radiance plus the carried-through rest.
+    """Beauty RGBA from (denoised) diffuse light and specular buffer (radiance, or light with
+    ``demodulate_specular``) plus the carried-through rest.
 
     With the noisy ``parts.diffuse`` / ``parts.specular`` this returns Combined (to float rounding).
     """
-    rgb = parts.diffuse_color * diffuse + specular + parts.residual
+    rgb = parts.diffuse_color * diffuse + parts.specular_color * specular + parts.residual
     return sanitize(np.concatenate([rgb, parts.alpha], axis=-1))
 
 
