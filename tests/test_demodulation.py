@@ -9,6 +9,8 @@ Denoised Specular stays radiance.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,116 @@ def test_cli_identity_with_demodulation_gives_back_combined(cycles_exr, tmp_path
     radiance = decompose(read_exr(cycles_exr).canonical_passes("ViewLayer")).specular
     written = np.stack([after[f"ViewLayer.Denoised Specular.{c}"] for c in "RGB"], -1)
     np.testing.assert_allclose(written, radiance, rtol=1e-4, atol=1e-4)
+
+
+# --- training side: packed shards, losses, a tiny trained model through export and the core -----------
+
+
+@pytest.fixture(scope="module")
+def demodulated_views(datagen_tiny_run, tmp_path_factory):
+    """One tiny rendered view packed whole twice: plainly (train-full) and demodulated (train-full-d)."""
+    from training.datagen import pack, plan
+
+    work = tmp_path_factory.mktemp("demodulated")
+    record = plan.read_manifest(datagen_tiny_run)[0]
+    shutil.copytree(datagen_tiny_run / record["dir"], work / record["dir"])
+    (work / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    for demodulate in (False, True):
+        pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0, demodulate_specular=demodulate)
+    return work, record
+
+
+@pytest.mark.slow
+def test_demodulated_shards_hold_specular_light_and_colour(demodulated_views):
+    from training.data import ShardDataset
+    from training.datagen.exr_io import read_passes
+    from training.losses import recombine_batch
+
+    work, record = demodulated_views
+    folder = work / "packed" / "train-full-d"
+    index = json.loads((folder / "index.json").read_text())
+    assert index["demodulate_specular"] is True and ["specular_color", 3] in index["channels"]
+    plain_set = ShardDataset(work / "packed" / "train-full", patch_size=None, augment=False)
+    demod_set = ShardDataset(folder, patch_size=None, augment=False)
+    assert demod_set.demodulate_specular and not plain_set.demodulate_specular
+    assert "specular_color" in demod_set[0] and "specular_color" not in plain_set[0]
+    for i in range(len(demod_set)):
+        plain, demod, meta = plain_set[i], demod_set[i], demod_set.meta(i)
+        assert meta == plain_set.meta(i)
+        view = work / record["dir"]
+        a = read_passes(str(view / f"spp{meta['spp']}_a.exr"))
+        b = read_passes(str(view / f"spp{meta['spp']}_b.exr"))
+        parts = decompose({k: (a[k] + b[k]) / 2 for k in a}, demodulate_specular=True)
+        colour = demod["specular_color"].numpy()
+        np.testing.assert_allclose(colour, parts.specular_color.transpose(2, 0, 1), rtol=2e-3, atol=1e-3)
+        assert (colour != 1).mean() > 0.1  # the tiny views do have glossy surfaces
+        for name in ("specular", "specular_reference"):  # light: times the colour it is the radiance
+            np.testing.assert_allclose(colour * demod[name].numpy(), plain[name].numpy(), rtol=4e-3,
+                                       atol=1e-3 * meta["scale"])
+        for name in ("diffuse", "diffuse_color", "diffuse_reference", "albedo", "normal", "depth"):
+            np.testing.assert_array_equal(demod[name].numpy(), plain[name].numpy())
+        # the recombined image the losses and validation see is the same with and without demodulation
+        for buffers in (("diffuse", "specular"), ("diffuse_reference", "specular_reference")):
+            batch = {k: v[None] for k, v in demod.items()}
+            np.testing.assert_allclose(recombine_batch(batch, *(batch[n] for n in buffers)).numpy()[0],
+                                       recombine_batch(plain, *(plain[n] for n in buffers)).numpy(),
+                                       rtol=4e-3, atol=2e-3 * meta["scale"])
+
+
+@pytest.mark.slow
+def test_shards_and_config_must_agree_on_demodulation(demodulated_views):
+    from training.config import config_from_dict
+    from training.data import ShardDataset, build_datasets
+
+    work, _record = demodulated_views
+    plain, demod = work / "packed" / "train-full", work / "packed" / "train-full-d"
+    with pytest.raises(ValueError, match="packed (with|without) --demodulate-specular, unlike the other"):
+        ShardDataset([plain, demod], patch_size=None)
+    config = config_from_dict({"data": {"kind": "shards", "train": [str(demod)], "patch_size": 32}})
+    with pytest.raises(ValueError, match="with --demodulate-specular.*data.demodulate_specular is false"):
+        build_datasets(config)
+    config.data.demodulate_specular = True
+    assert build_datasets(config)[0].demodulate_specular
+    with pytest.raises(ValueError, match="data.demodulate_specular needs data.kind shards"):
+        config_from_dict({"data": {"kind": "synthetic", "demodulate_specular": True}})
+
+
+@pytest.mark.slow
+def test_tiny_demodulating_model_trains_exports_and_runs_in_the_core_as_in_torch(demodulated_views, tmp_path):
+    import torch
+
+    from tests.training_helpers import tiny_config
+    from training.checkpoint import load_weights
+    from training.datagen.exr_io import read_passes
+    from training.export import export_run
+    from training.graph import build_graph
+    from training.train import train
+
+    work, record = demodulated_views
+    folder = str(work / "packed" / "train-full-d")
+    config = tiny_config("fast", ["data.kind=shards", "data.demodulate_specular=true", "train.steps=4",
+                                  "train.val_interval=2", "train.checkpoint_interval=2", "data.batch_size=2",
+                                  "data.val_batches=1"])
+    config.data.train, config.data.val, config.data.options = [folder], [folder], {}
+    train(config, tmp_path / "run", progress=False)
+    path = export_run(tmp_path / "run", tmp_path / "models" / "demod.onnx")
+    info = read_model_info(path)
+    assert info.demodulate_specular and info.metadata["kprcan.format_version"] == "3"
+    assert "demodulates specular" in info.summary()
+
+    view = work / record["dir"]
+    a, b = read_passes(str(view / "spp8_a.exr")), read_passes(str(view / "spp8_b.exr"))
+    passes = {k: (a[k] + b[k]) / 2 for k in a}
+    result = load_model(str(path), device="cpu").denoise(passes)
+    parts = decompose(passes, demodulate_specular=True)
+    graph = build_graph(config).eval()
+    load_weights(path.with_suffix(".safetensors"), graph)
+    inputs = {name: torch.from_numpy(np.ascontiguousarray(getattr(parts, name).transpose(2, 0, 1)))[None]
+              for name in ("diffuse", "specular", "albedo", "normal", "depth")}
+    with torch.no_grad():
+        diffuse, specular = (t[0].numpy().transpose(1, 2, 0) for t in graph(**inputs))
+    np.testing.assert_allclose(result.outputs["diffuse_denoised"], diffuse, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(result.outputs["specular_denoised"], specular, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(result.specular, parts.specular_color * specular, atol=1e-4, rtol=1e-4)
+    recombined = parts.diffuse_color * diffuse + parts.specular_color * specular + parts.residual
+    np.testing.assert_allclose(result.beauty[..., :3], recombined, atol=1e-4, rtol=1e-4)

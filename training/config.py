@@ -48,6 +48,7 @@ class DataConfig:
     options: dict = field(default_factory=dict)      # extra keyword arguments for the dataset class
     summary: str = ""               # one line for the model's training_data metadata
     denoise_residual: bool = False  # shards packed with --denoise-residual (specular = all but diffuse)
+    demodulate_specular: bool = False  # shards packed with --demodulate-specular (specular light + colour)
 
 
 @dataclass
@@ -56,7 +57,8 @@ class LossConfig:
     range: str = "hdr"              # hdr (non-finite targets masked) | tonemapped
     tonemap: str = "srgb"           # for range tonemapped and validation PSNR: srgb | reinhard | log
     component_space: str = "filtering"   # component losses in the filtering space (KPCN) | linear
-    # tonemapped component losses see diffuse as its share of the beauty, diffuse_color * diffuse
+    # tonemapped component losses see diffuse as its share of the beauty, diffuse_color * diffuse (and
+    # demodulated specular as specular_color * specular)
     # (contribution), or as demodulated light clamped at 1 (light: fast and quality were trained so)
     tonemapped_diffuse: str = "contribution"
     weights: dict = field(default_factory=lambda: {"l1": 0.16, "ssim": 0.84})  # combined (Zhao et al.)
@@ -218,6 +220,8 @@ def validate(config: Config) -> None:
         (config.data.kind in ("synthetic", "shards"), "data.kind must be synthetic or shards"),
         (config.data.kind == "shards" or not config.data.denoise_residual,
          "data.denoise_residual needs data.kind shards (packed with --denoise-residual)"),
+        (config.data.kind == "shards" or not config.data.demodulate_specular,
+         "data.demodulate_specular needs data.kind shards (packed with --demodulate-specular)"),
         (config.loss.type in ("l1", "relmse", "smape", "ssim", "combined"), "unknown loss.type"),
         (config.loss.range in ("hdr", "tonemapped"), "loss.range must be hdr or tonemapped"),
         (config.loss.tonemap in ("srgb", "reinhard", "log"), "loss.tonemap must be srgb, reinhard or log"),

@@ -26,7 +26,8 @@ from training.checkpoint import RunFolder, atomic_write, load_weights, write_jso
 from training.config import Config, load_config_json
 from training.graph import OUTPUTS, DenoiserGraph, build_graph, example_inputs
 
-# contract version written: 1, or 2 for models that denoise the residual (denoiser_core/models.py)
+# contract version written: 1, 2 for models that denoise the residual, 3 for models that demodulate the
+# specular buffer (denoiser_core/models.py)
 
 
 def training_data_summary(config: Config) -> str:
@@ -41,7 +42,8 @@ def training_data_summary(config: Config) -> str:
 def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[str, str]:
     """The ``kprcan.*`` metadata_props of docs/contract.md."""
     meta = {
-        "format_version": "2" if config.data.denoise_residual else "1",
+        "format_version": "3" if config.data.demodulate_specular else "2" if config.data.denoise_residual
+        else "1",
         "name": name, "architecture": config.model["type"],
         "inputs": json.dumps(graph.input_names), "outputs": json.dumps(list(OUTPUTS)),
         "required_passes": json.dumps(list(DECOMPOSITION_PASSES) + list(FEATURE_PASSES)),
@@ -49,6 +51,7 @@ def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[s
         "size_multiple": str(graph.size_multiple), "training_data": training_data_summary(config),
         "parameters": str(parameter_count(graph)), "config": json.dumps(config.to_dict(), sort_keys=True),
         "denoise_residual": str(config.data.denoise_residual).lower(),
+        "demodulate_specular": str(config.data.demodulate_specular).lower(),
     }
     return {f"kprcan.{key}": value for key, value in meta.items()}
 

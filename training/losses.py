@@ -17,7 +17,8 @@ Range the loss sees (``loss.range``):
 
 What is tonemapped in the component stage (``loss.tonemapped_diffuse``; also SSIM's input in ``hdr``):
 * ``contribution`` (default): each component's share of the beauty, ``diffuse_color * diffuse`` and
-  ``specular``, the values the display adds up. Demodulated diffuse light is often above 1 where the
+  ``specular`` (``specular_color * specular`` for shards packed with ``--demodulate-specular``, whose
+  specular is light), the values the display adds up. Demodulated diffuse light is often above 1 where the
   image is not (irradiance 3 on albedo 0.3 is shown at 0.9); clamped as light, such pixels had no
   gradient at all.
 * ``light``: the demodulated diffuse light itself, clamped at 1 (how the shipped fast and quality were
@@ -119,24 +120,35 @@ class DenoiseLoss:
         return total
 
 
-def recombine(diffuse_color: torch.Tensor, diffuse: torch.Tensor, specular: torch.Tensor) -> torch.Tensor:
-    """The beauty the networks are responsible for: DiffCol * diffuse light + specular."""
-    return diffuse_color * diffuse + specular
+def recombine(diffuse_color: torch.Tensor, diffuse: torch.Tensor, specular: torch.Tensor,
+              specular_color: torch.Tensor | None = None) -> torch.Tensor:
+    """The beauty the networks are responsible for: DiffCol * diffuse light + specular, the specular
+    multiplied by ``specular_color`` when it is light (shards packed with --demodulate-specular)."""
+    return diffuse_color * diffuse + (specular if specular_color is None else specular_color * specular)
+
+
+def recombine_batch(batch: dict, diffuse: torch.Tensor, specular: torch.Tensor) -> torch.Tensor:
+    """``recombine`` with the colours of ``batch`` (its ``specular_color`` when the shards have one)."""
+    return recombine(batch["diffuse_color"], diffuse, specular, batch.get("specular_color"))
+
+
+# The colour that turns each component's buffer into its share of the beauty (``contribution``).
+COMPONENT_COLOURS = {"diffuse": "diffuse_color", "specular": "specular_color"}
 
 
 def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str) -> torch.Tensor:
     """Loss of one training stage: ``components`` (diffuse + specular, each on its own, as KPCN) or
-    ``joint`` (the recombined image ``diffuse_color * diffuse + specular``)."""
+    ``joint`` (the recombined image ``diffuse_color * diffuse + specular_color * specular``)."""
     if target == "joint":
-        pred = recombine(batch["diffuse_color"], outputs["diffuse"], outputs["specular"])
-        return loss(pred, recombine(batch["diffuse_color"], batch["diffuse_reference"],
-                                    batch["specular_reference"]))
+        pred = recombine_batch(batch, outputs["diffuse"], outputs["specular"])
+        return loss(pred, recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"]))
     total = 0
     for component in ("diffuse", "specular"):
         reference = batch[f"{component}_reference"]
         shown = (outputs[component], reference)  # what tonemapping sees of this component
-        if component == "diffuse" and loss.config.tonemapped_diffuse == "contribution":
-            shown = (batch["diffuse_color"] * outputs[component], batch["diffuse_color"] * reference)
+        colour = batch.get(COMPONENT_COLOURS[component])
+        if colour is not None and loss.config.tonemapped_diffuse == "contribution":
+            shown = (colour * outputs[component], colour * reference)
         if loss.config.component_space == "filtering":
             total = total + loss(outputs[f"{component}_space"], graph.to_space(component, reference), *shown)
         else:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from training.config import Config
-from training.data.shards import ShardDataset
+from training.data.shards import PACKING_FLAGS, ShardDataset
 from training.data.synthetic import SyntheticDataset
 
 
@@ -36,11 +36,13 @@ def build_datasets(config: Config) -> tuple[torch.utils.data.Dataset, torch.util
         val_options = {**options, **({"augment": False} if "augment" in accepted else {})}
         val = ShardDataset(d.val, patch_size=d.val_patch_size, seed=config.train.seed, **val_options)
     for name, dataset in (("train", train), ("val", val)):
-        packed = getattr(dataset, "denoise_residual", d.denoise_residual)
-        if dataset is not None and packed != d.denoise_residual:
-            how = "with" if packed else "without"
-            raise ValueError(f"data.{name} shards were packed {how} --denoise-residual, but "
-                             f"data.denoise_residual is {str(d.denoise_residual).lower()}")
+        for flag, option in PACKING_FLAGS.items():
+            wanted = getattr(d, flag)
+            packed = getattr(dataset, flag, wanted)
+            if dataset is not None and packed != wanted:
+                how = "with" if packed else "without"
+                raise ValueError(f"data.{name} shards were packed {how} {option}, but "
+                                 f"data.{flag} is {str(wanted).lower()}")
     return train, val
 
 

@@ -2,7 +2,9 @@
 
 Each item is the training-sample dict of docs/contract.md: float32 CHW tensors ``diffuse``, ``specular``,
 ``albedo``, ``normal``, ``depth``, ``diffuse_variance``, ``specular_variance``, ``diffuse_reference``,
-``specular_reference``, ``diffuse_color``.
+``specular_reference``, ``diffuse_color``; shards packed with ``--demodulate-specular`` add
+``specular_color`` (their specular and specular reference are light: recombine with
+``diffuse_color * diffuse + specular_color * specular``).
 
 Augmentation (``augment=True``): a random ``patch_size`` crop of the stored patch, a random one of the 8
 flips/rotations of the square, and a random permutation of the RGB channels (the same for every colour
@@ -20,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-COLOUR = ("diffuse", "specular", "albedo", "diffuse_reference", "specular_reference", "diffuse_color")
+COLOUR = ("diffuse", "specular", "albedo", "diffuse_reference", "specular_reference", "diffuse_color",
+          "specular_color")
+# How the specular buffer was packed (training/datagen/pack.py): index key -> the pack option that sets it.
+# One dataset never mixes shards that differ in these.
+PACKING_FLAGS = {"denoise_residual": "--denoise-residual", "demodulate_specular": "--demodulate-specular"}
 
 
 def _index_files(paths) -> list[Path]:
@@ -89,17 +95,21 @@ class ShardDataset(torch.utils.data.Dataset):
                  whole_smaller_views: bool = False):
         self.entries: list[tuple[Path, int, dict]] = []
         self.channels: list[tuple[str, int]] | None = None
-        self.denoise_residual: bool | None = None  # how the specular buffer was packed (pack.py)
+        self.denoise_residual: bool | None = None  # how the specular buffer was packed (PACKING_FLAGS)
+        self.demodulate_specular: bool | None = None
         for index_file in _index_files(paths):
             index = json.loads(index_file.read_text())
             channels = [tuple(c) for c in index["channels"]]
+            for flag, option in PACKING_FLAGS.items():
+                packed = bool(index.get(flag, False))
+                if getattr(self, flag) not in (None, packed):
+                    raise ValueError(f"{index_file}: packed {'with' if packed else 'without'} {option}, "
+                                     "unlike the other shards")
+                setattr(self, flag, packed)
+            # after the flags: they name the cause of most layout differences
             if self.channels not in (None, channels):
                 raise ValueError(f"{index_file}: channel layout differs from the other shards")
-            residual = bool(index.get("denoise_residual", False))
-            if self.denoise_residual not in (None, residual):
-                raise ValueError(f"{index_file}: packed {'with' if residual else 'without'} "
-                                 "--denoise-residual, unlike the other shards")
-            self.channels, self.denoise_residual = channels, residual
+            self.channels = channels
             for shard in index["shards"]:
                 for row, meta in enumerate(shard["items"]):
                     if spp is None or meta["spp"] in spp:

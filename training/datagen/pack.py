@@ -18,6 +18,10 @@ and listed in the index: light paths the inputs hardly sample cannot be learned 
 Layout: ``OUT/packed/{split}-p{patch}/shard-00000.npy`` (N, C, P, P) float16 plus ``index.json``; with
 ``--full``, ``OUT/packed/{split}-full/`` holds whole views instead (validation, or random crops in training).
 ``--denoise-residual`` packs the specular channels as everything but diffuse light into ``<folder>-r``.
+``--demodulate-specular`` packs them as specular *light* (``decompose``'s ``demodulate_specular``) plus the
+noisy render's specular colour (``specular_color``, 3 more channels) into ``<folder>-d``; the reference's
+specular radiance is divided by that same colour, so input and target are light in the same units and
+``specular_color * specular_reference`` is the reference radiance.
 """
 
 from __future__ import annotations
@@ -38,35 +42,49 @@ CHANNELS = (("diffuse", 3), ("specular", 3), ("albedo", 3), ("normal", 3), ("dep
             ("diffuse_std", 1), ("specular_std", 1), ("diffuse_reference", 3), ("specular_reference", 3),
             ("diffuse_color", 3))
 RADIANCE = {"diffuse", "specular", "diffuse_std", "specular_std", "diffuse_reference", "specular_reference"}
+# Appended to CHANNELS in shards packed with --demodulate-specular (see channels_for).
+DEMODULATED_CHANNELS = (("specular_color", 3),)
 FP16_MAX = 65504.0
 SHARD_PATCHES = 256
 
 
-def view_tensors(view_dir: Path, spp: int, ref, scale: float,
-                 denoise_residual: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) float32 stack for one noisy level of a view, and its (H, W) non-finite-input mask."""
+def channels_for(demodulate_specular: bool) -> tuple[tuple[str, int], ...]:
+    """The stored channels, in order, of shards packed with or without --demodulate-specular."""
+    return CHANNELS + DEMODULATED_CHANNELS if demodulate_specular else CHANNELS
+
+
+def view_tensors(view_dir: Path, spp: int, ref, scale: float, denoise_residual: bool = False,
+                 demodulate_specular: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) float32 stack for one noisy level of a view, and its (H, W) non-finite-input mask.
+
+    ``ref`` is the reference's decomposition without demodulation (its specular is radiance)."""
     a, b = read_passes(str(view_dir / f"spp{spp}_a.exr")), read_passes(str(view_dir / f"spp{spp}_b.exr"))
     bad = np.zeros(a["combined"].shape[:2], bool)
     for passes in (a, b):
         for array in passes.values():
             bad |= ~np.isfinite(array).all(-1)
     mean = {name: (a[name] + b[name]) * 0.5 for name in a if name in b}
-    da, db, dm = (decompose(p, denoise_residual) for p in (a, b, mean))
+    da, db, dm = (decompose(p, denoise_residual, demodulate_specular) for p in (a, b, mean))
     parts = {
         "diffuse": dm.diffuse, "specular": dm.specular, "albedo": dm.albedo, "normal": dm.normal,
-        "depth": dm.depth, "diffuse_color": dm.diffuse_color,
+        "depth": dm.depth, "diffuse_color": dm.diffuse_color, "specular_color": dm.specular_color,
         "diffuse_std": np.sqrt(np.mean(((da.diffuse - db.diffuse) * 0.5) ** 2, -1, keepdims=True)),
         "specular_std": np.sqrt(np.mean(((da.specular - db.specular) * 0.5) ** 2, -1, keepdims=True)),
-        "diffuse_reference": ref.diffuse, "specular_reference": ref.specular,
+        # divided by the noisy render's colour (ones without demodulation): the target is light exactly
+        # where, and as, the input is
+        "diffuse_reference": ref.diffuse, "specular_reference": ref.specular / dm.specular_color,
     }
-    stack = [parts[name] * (scale if name in RADIANCE else 1.0) for name, _count in CHANNELS]
+    stack = [parts[name] * (scale if name in RADIANCE else 1.0)
+             for name, _count in channels_for(demodulate_specular)]
     return np.concatenate(stack, -1).transpose(2, 0, 1).astype(np.float32), bad
 
 
-def importance_map(stack: np.ndarray) -> np.ndarray:
-    """KPCN-style importance: relative colour variance plus local normal variance, each mean-normalised."""
-    i = channel_slices()
-    colour = stack[i["diffuse"]] * stack[i["diffuse_color"]] + stack[i["specular"]]
+def importance_map(stack: np.ndarray, channels=CHANNELS) -> np.ndarray:
+    """KPCN-style importance: relative colour variance plus local normal variance, each mean-normalised.
+    ``channels``: the stack's layout (``channels_for``)."""
+    i = channel_slices(channels)
+    specular = stack[i["specular"]] * (stack[i["specular_color"]] if "specular_color" in i else 1.0)
+    colour = stack[i["diffuse"]] * stack[i["diffuse_color"]] + specular
     var = stack[i["diffuse_std"]][0] ** 2 + stack[i["specular_std"]][0] ** 2
     colour_term = var / (luminance(colour.transpose(1, 2, 0)) ** 2 + 1e-2)
     normal = stack[i["normal"]]
@@ -76,9 +94,9 @@ def importance_map(stack: np.ndarray) -> np.ndarray:
     return colour_term / (colour_term.mean() + 1e-8) + normal_term / (normal_term.mean() + 1e-8)
 
 
-def channel_slices() -> dict[str, slice]:
+def channel_slices(channels=CHANNELS) -> dict[str, slice]:
     slices, start = {}, 0
-    for name, count in CHANNELS:
+    for name, count in channels:
         slices[name] = slice(start, start + count)
         start += count
     return slices
@@ -111,7 +129,8 @@ def exposure_scale(ref_rgb: np.ndarray, rng: np.random.Generator) -> float:
 INDEX_VERSION = 2
 
 
-def load_index(folder: Path, patch: int | None, denoise_residual: bool = False) -> dict:
+def load_index(folder: Path, patch: int | None, denoise_residual: bool = False,
+               demodulate_specular: bool = False) -> dict:
     path = folder / "index.json"
     if path.exists():
         index = json.loads(path.read_text())
@@ -119,9 +138,10 @@ def load_index(folder: Path, patch: int | None, denoise_residual: bool = False) 
             raise ValueError(f"{folder} was packed with an older decomposition (index version "
                              f"{index.get('version', 1)}, now {INDEX_VERSION}): remove it and pack again")
         return index
-    return {"version": INDEX_VERSION, "channels": [list(c) for c in CHANNELS], "patch": patch, "shards": [],
-            "packed_views": [], "dropped": {"nonfinite": 0, "fp16_overflow": 0, "fireflies": 0},
-            "discarded_views": [], "denoise_residual": denoise_residual}
+    return {"version": INDEX_VERSION, "channels": [list(c) for c in channels_for(demodulate_specular)],
+            "patch": patch, "shards": [], "packed_views": [],
+            "dropped": {"nonfinite": 0, "fp16_overflow": 0, "fireflies": 0}, "discarded_views": [],
+            "denoise_residual": denoise_residual, "demodulate_specular": demodulate_specular}
 
 
 def save_atomic(path: Path, write) -> None:
@@ -136,16 +156,20 @@ def save_atomic(path: Path, write) -> None:
 
 
 def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
-               max_firefly_fraction: float = 0.002, seed: int = 0, denoise_residual: bool = False) -> dict:
+               max_firefly_fraction: float = 0.002, seed: int = 0, denoise_residual: bool = False,
+               demodulate_specular: bool = False) -> dict:
     """Pack every finished view of ``split`` not packed yet; returns counts of this run.
 
     ``denoise_residual``: the specular channels hold everything but diffuse light (``decompose``), for
     models that denoise emission and environment too; written to ``<folder>-r``.
+    ``demodulate_specular``: the specular channels are light, with the specular colour stored beside them
+    (module docstring); written to ``<folder>-d`` (``<folder>-d-r`` with both).
     """
     name = f"{split}-full" if full else f"{split}-p{patch}"
-    folder = out_root / "packed" / (name + ("-r" if denoise_residual else ""))
+    name += ("-d" if demodulate_specular else "") + ("-r" if denoise_residual else "")
+    folder = out_root / "packed" / name
     folder.mkdir(parents=True, exist_ok=True)
-    index = load_index(folder, None if full else patch, denoise_residual)
+    index = load_index(folder, None if full else patch, denoise_residual, demodulate_specular)
     done = set(index["packed_views"]) | set(index["discarded_views"])
     views = [r for r in plan.read_manifest(out_root) if r["split"] == split and r["id"] not in done]
     pending: list[np.ndarray] = []
@@ -174,13 +198,14 @@ def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
         ref = decompose(ref_passes, denoise_residual)
         scale = exposure_scale(ref_passes["combined"][..., :3], rng)
         for spp in record["spp"]:
-            stack, bad = view_tensors(view_dir, spp, ref, scale, denoise_residual)
+            stack, bad = view_tensors(view_dir, spp, ref, scale, denoise_residual, demodulate_specular)
             meta = {"view": record["id"], "kind": record["kind"], "spp": spp, "ref_spp": record["ref_spp"],
                     "scale": round(scale, 6)}
             if full:
                 positions, size = [(0, 0)], stack.shape[1:]
             else:
-                positions, size = choose_patches(importance_map(stack), patch, rng, patch / 2), (patch, patch)
+                importance = importance_map(stack, channels_for(demodulate_specular))
+                positions, size = choose_patches(importance, patch, rng, patch / 2), (patch, patch)
             for y, x in positions:
                 window = (slice(y, y + size[0]), slice(x, x + size[1]))
                 crop = stack[:, window[0], window[1]]
