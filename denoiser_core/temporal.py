@@ -215,5 +215,6 @@ def filter_result(result: DenoiseResult, guides: FrameGuides, history: History |
     filtered_parts = replace(parts, diffuse_color=step.parts["diffuse_color"])
     outputs = {**result.outputs, "diffuse_denoised": diffuse, "specular_denoised": specular}
     return replace(result, beauty=recombine(filtered_parts, diffuse, specular),
-                   diffuse=sanitize(filtered_parts.diffuse_color * diffuse), specular=specular,
+                   diffuse=sanitize(filtered_parts.diffuse_color * diffuse),
+                   specular=sanitize(filtered_parts.specular_color * specular),
                    outputs=outputs, parts=filtered_parts), step

@@ -246,3 +246,12 @@ def test_tiny_demodulating_model_trains_exports_and_runs_in_the_core_as_in_torch
     np.testing.assert_allclose(result.specular, parts.specular_color * specular, atol=1e-4, rtol=1e-4)
     recombined = parts.diffuse_color * diffuse + parts.specular_color * specular + parts.residual
     np.testing.assert_allclose(result.beauty[..., :3], recombined, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_pack_command_line_writes_demodulated_folders(demodulated_views, datagen_cli):
+    work, _record = demodulated_views
+    datagen_cli("pack", "--out", str(work), "--split", "train", "--full", "--max-firefly-fraction", "1",
+                "--demodulate-specular", "--denoise-residual")
+    index = json.loads((work / "packed" / "train-full-d-r" / "index.json").read_text())
+    assert index.get("demodulate_specular") is True and index.get("denoise_residual") is True

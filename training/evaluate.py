@@ -210,20 +210,25 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
     noisy = mean_passes(inputs[spp])
     result = denoiser.denoise(noisy)
     # split as the model was trained: with denoise_residual the residual is inside its specular term
-    flag = denoiser.info.denoise_residual
-    parts, truth = decompose(noisy, flag), decompose(reference, flag)
+    flags = {"denoise_residual": denoiser.info.denoise_residual,
+             "demodulate_specular": denoiser.info.demodulate_specular}
+    parts, truth = decompose(noisy, **flags), decompose(reference, **flags)
     model_terms = {"diffuse": result.outputs["diffuse_denoised"],
-                   "specular": result.outputs["specular_denoised"],
+                   "specular": result.outputs["specular_denoised"], "specular_color": parts.specular_color,
                    "residual": parts.residual, "diffuse_color": parts.diffuse_color}
     target = to_srgb(reference["combined"][..., :3])
 
     def score(terms: dict[str, np.ndarray]) -> float:  # the core's own recombination, terms swapped in
-        carried = replace(parts, diffuse_color=terms["diffuse_color"], residual=terms["residual"])
+        carried = replace(parts, diffuse_color=terms["diffuse_color"], residual=terms["residual"],
+                          specular_color=terms["specular_color"])
         return psnr(to_srgb(recombine(carried, terms["diffuse"], terms["specular"])), target)
 
     budget = {"noisy": psnr(to_srgb(noisy["combined"][..., :3]), target), "model": score(model_terms)}
     for term in BUDGET_TERMS:
-        budget[f"ref {term}"] = score({**model_terms, term: getattr(truth, term)})
+        swapped = {term: getattr(truth, term)}
+        if term == "specular":  # demodulated specular light is the reference's light under its own colour
+            swapped["specular_color"] = truth.specular_color
+        budget[f"ref {term}"] = score({**model_terms, **swapped})
     return budget
 
 

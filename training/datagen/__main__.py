@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-residual", action="store_true",
                    help="specular = everything but diffuse light (emission, environment too); "
                         "writes <folder>-r, for configs with data.denoise_residual: true")
+    p.add_argument("--demodulate-specular", action="store_true",
+                   help="specular light (divided by Glossy + Transmission Color) and that colour; writes "
+                        "<folder>-d (-d-r with --denoise-residual), for data.demodulate_specular: true")
     s = sub.add_parser("summary", help="manifest statistics and a contact sheet of references")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--docs", type=Path, default=Path("docs"))
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
                                     max_firefly_fraction=args.max_firefly_fraction, seed=args.seed,
-                                    denoise_residual=args.denoise_residual)
+                                    denoise_residual=args.denoise_residual,
+                                    demodulate_specular=args.demodulate_specular)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
