@@ -28,3 +28,7 @@ nice -n 5 "$PY" -m training.datagen render --out "$OUT" --split train --views 30
 "$PY" -m training.datagen pack --out "$OUT" --split val --full --denoise-residual
 "$PY" -m training.datagen pack --out "$OUT" --split train --full --denoise-residual
 "$PY" -m training.datagen pack --out "$OUT/bench256" --split test --full --denoise-residual
+# Specular demodulated too (OUT/packed/*-d-r), for training/configs/fast_demodulated.yaml.
+"$PY" -m training.datagen pack --out "$OUT" --split val --full --denoise-residual --demodulate-specular
+"$PY" -m training.datagen pack --out "$OUT" --split train --full --denoise-residual --demodulate-specular
+"$PY" -m training.datagen pack --out "$OUT/bench256" --split test --full --denoise-residual --demodulate-specular
