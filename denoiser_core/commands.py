@@ -117,7 +117,7 @@ def _run_temporal(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         written = denoise_shot(frames, denoiser, tile=args.tile, overwrite=args.overwrite, half=args.half,
-                               shot_marker=Path(args.output), progress=bar.to)
+                               progress=bar.to)
     finally:
         bar.close()
     log.info("%d of %d frames denoised in temporal mode (%.1f s)", written, len(frames),

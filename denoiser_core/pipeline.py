@@ -199,8 +199,13 @@ def denoise_claimed(input: Path, output: Path, denoiser: Denoiser, *, tile: int 
     with held:
         if output.exists() and (not overwrite or (held_before and not held.took_over)):
             return Claimed.DONE_ELSEWHERE
-        for temp in stale_temporaries(output):
-            log.info("removing %s, left by a run that was stopped", temp)
-            temp.unlink(missing_ok=True)
+        remove_stale_temporaries(output)
         denoise_file(input, output, denoiser, tile=tile, overwrite=overwrite, progress=progress, half=half)
     return Claimed.WRITTEN
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Remove temp files of ``output`` left by stopped runs; only under a claim that covers ``output``."""
+    for temp in stale_temporaries(output):
+        log.info("removing %s, left by a run that was stopped", temp)
+        temp.unlink(missing_ok=True)

@@ -6,7 +6,8 @@ frame N and is started again continues from the finished frames exactly as an un
 (exactly in float32 outputs; to half precision with ``--half``). A gap in the frame numbers starts a new
 history, as a cut does.
 
-A shot is one unit of work: one worker claims it whole (denoiser_core.claims, on the output pattern), and
+A shot is one unit of work: one worker claims it whole (denoiser_core.claims, ``shot_marker_for`` its first
+output), and
 other workers started on the same shot wait for it and then find every frame done; if the worker dies,
 its claim goes stale and a waiting worker resumes the shot. Several machines therefore share work shot by
 shot, not frame by frame (docs/temporal.md).
@@ -23,9 +24,9 @@ import numpy as np
 
 from .claims import claim
 from .errors import DenoiserError
-from .exr import read_exr, stale_temporaries
+from .exr import read_exr
 from .inference import DEFAULT_TILE, Denoiser, DenoiseResult
-from .pipeline import denoise_file
+from .pipeline import denoise_file, remove_stale_temporaries
 from .sequence import expand_pattern, is_pattern, plan_jobs
 from .temporal import HISTORY_PASS, History, TemporalSettings, filter_result, frame_guides
 
@@ -58,20 +59,32 @@ def denoise_shot(frames: list[tuple[int, Path, Path]], denoiser: Denoiser, *, ti
                  cancel: Callable[[], bool] | None = None) -> int:
     """Denoise ``frames`` ((frame number, input, output), in order) as one shot; returns frames written.
 
-    ``shot_marker`` is the path claimed for the whole shot (default: the first output). Frames whose
-    output exists are skipped unless ``overwrite``; their stored history carries on to the next frame.
-    ``cancel`` is polled between tiles (denoise_file); frames finished before it are kept.
+    ``shot_marker`` is the path claimed for the whole shot (default: ``shot_marker_for`` the first output,
+    the same for the command line and the Blender extension). Frames whose output exists are skipped
+    unless ``overwrite``; their stored history carries on to the next frame. After waiting for another
+    worker that finished the shot, its frames count as done even with ``overwrite``. ``cancel`` is polled
+    while waiting and between tiles (denoise_file); frames finished before it are kept.
     """
-    marker = shot_marker or frames[0][2]
-    held = claim(marker)
-    if held is None:
-        log.info("another worker is denoising this shot; waiting for it")
-        while held is None:
-            time.sleep(POLL_SECONDS)
-            held = claim(marker)
+    marker = shot_marker or shot_marker_for(frames[0][2])
+    held, waited = claim(marker), False
+    while held is None:
+        if not waited:
+            log.info("another worker is denoising this shot; waiting for it")
+        waited = True
+        if cancel is not None and cancel():
+            raise DenoiserError("cancelled")
+        time.sleep(POLL_SECONDS)
+        held = claim(marker)
     with held:
-        return _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings or TemporalSettings(),
+        redo = overwrite and not (waited and not held.took_over)  # a finished shot is not redone
+        return _denoise_claimed_shot(frames, denoiser, tile, redo, half, settings or TemporalSettings(),
                                      progress, cancel)
+
+
+def shot_marker_for(first_output: Path) -> Path:
+    """The path whose claim (claims.claim) stands for a whole shot: beside its first output, distinct
+    from that frame's own claim."""
+    return first_output.with_name(first_output.name + ".shot")
 
 
 def _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings, progress, cancel) -> int:
@@ -87,9 +100,7 @@ def _denoise_claimed_shot(frames, denoiser, tile, overwrite, half, settings, pro
             continue
         if finished_before is not None:
             history, finished_before = read_history(*finished_before), None
-        for temp in stale_temporaries(target):  # the shot is ours: these are left by a stopped run
-            log.info("removing %s, left by a run that was stopped", temp)
-            temp.unlink(missing_ok=True)
+        remove_stale_temporaries(target)  # the shot's claim covers every frame
         refine = _Refine(history, settings, source)
 
         def frame_progress(fraction: float, index: int = index) -> None:

@@ -2,8 +2,10 @@
 
 A per-frame denoiser leaves a little low-frequency noise that differs from frame to frame, so flat surfaces
 shimmer in an animation. This filter runs after the networks (no retraining) on the two parts the networks
-produce, the demodulated diffuse light and the specular radiance, before ``passes.recombine`` multiplies
-the albedo back in: textures are never resampled, so they stay sharp under motion.
+produce, the demodulated diffuse light and the specular buffer (radiance, or light for models that
+demodulate specular), and on Diffuse Color, before ``passes.recombine`` multiplies the colours back in.
+Diffuse Color keeps history only where the image does not move (``color_motion``), so textures are never
+resampled under motion.
 
 For every pixel of frame t:
 
@@ -17,9 +19,12 @@ For every pixel of frame t:
    deviations over a ``clamp_radius`` window, widened by ``clamp_relative`` of the local mean to leave
    room for the residual noise being removed), as temporal anti-aliasing does: shading that changed (a
    moving shadow or highlight) does not drag the old colour along.
-4. **Blend** ``alpha * current + (1 - alpha) * history`` with ``alpha = max(1 / (n + 1), min_alpha)``, n the
-   frames already accumulated at that pixel. With no history n = 0 and alpha = 1: the output is the
-   per-frame result exactly (first frame, disocclusions, and cuts).
+4. **Shading test.** Where the local mean (``change_radius``) of the diffuse light or the specular moved by
+   more than ``change_low`` relative to the history's, the current frame's weight rises, to 1 at
+   ``change_high`` (a moving shadow on a static floor passes every geometric test).
+5. **Blend** ``alpha * current + (1 - alpha) * history`` with ``alpha = max(1 / (n + 1), min_alpha)``, n the
+   frames the history averages at that pixel (fewer where the shading test raised alpha). With no history
+   n = 0 and alpha = 1: the output is the per-frame result exactly (first frame, disocclusions, and cuts).
 
 A **cut** is detected when fewer than ``cut_fraction`` of the pixels find history: then no pixel keeps any.
 
@@ -35,9 +40,9 @@ import numpy as np
 
 from .errors import DenoiserError
 from .inference import DenoiseResult
-from .passes import missing_passes_hint, recombine, sanitize
+from .passes import missing_passes_hint, recombine, sanitize, sanitize_guide
 
-# Written into each temporal output: RGB = filtered diffuse light, A = frames accumulated per pixel.
+# Written into each temporal output: History.packed(), the filtered FILTERED parts and the frame count.
 HISTORY_PASS = "Temporal History"
 
 
@@ -186,7 +191,8 @@ def temporal_filter(parts: dict[str, np.ndarray], guides: FrameGuides, history: 
         blended = alpha * current + (1.0 - alpha) * clamped
         keep = valid[..., None] & (still if name == "diffuse_color" else True)
         filtered[name] = np.where(keep, blended, current).astype(np.float32)
-    accumulated = np.where(valid[..., None], np.minimum(frames + 1.0, 1.0 / settings.min_alpha), 1.0)
+    # frames the blend averages: n + 1 for a running mean, fewer where the shading test raised alpha
+    accumulated = np.where(valid[..., None], 1.0 / alpha, 1.0)
     return TemporalResult(filtered, History(filtered, accumulated.astype(np.float32), guides), fraction,
                           cut=False)
 
@@ -196,8 +202,8 @@ def frame_guides(passes: dict[str, np.ndarray]) -> FrameGuides:
     if "vector" not in passes:
         raise DenoiserError(f"temporal mode needs the Vector pass: {missing_passes_hint(['vector'])}; "
                             "Cycles writes it only with Motion Blur off")
-    return FrameGuides(depth=sanitize(passes["denoising_depth"])[..., :1],
-                       normal=sanitize(passes["denoising_normal"])[..., :3],
+    return FrameGuides(depth=sanitize_guide("depth", passes["denoising_depth"][..., :1]),
+                       normal=sanitize_guide("normal", passes["denoising_normal"][..., :3]),
                        vector=sanitize(passes["vector"])[..., :2])
 
 

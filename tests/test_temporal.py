@@ -153,3 +153,45 @@ def test_disocclusion_is_rejected_per_pixel():
     assert np.all(diffuse[2:4, 2:4] == np.float32(0.52))           # rejected: the current frame as is
     assert np.all(np.abs(diffuse[6:, 6:] - (0.2 * 0.52 + 0.8 * 0.5)) < 1e-6)  # 4 frames of history
     assert step.history.frames[2, 2, 0] == 1.0 and step.history.frames[7, 7, 0] == 5.0
+
+
+def test_reprojection_follows_the_vector_pass_in_x_and_y():
+    """Vector.xy is the offset to the previous position, x right and y up: vector (+1, -1) means the
+    surface was one column right and one row down (rows grow downwards), and the history is read there.
+    Clamp and shading test are opened wide so only the reprojection acts."""
+    from denoiser_core.temporal import temporal_filter
+
+    shape = (6, 7)
+    normal = np.zeros(shape + (3,), np.float32)
+    normal[..., 2] = 1.0
+    depth = np.full(shape + (1,), 3.0, np.float32)
+    marks = np.arange(42, dtype=np.float32).reshape(shape)[..., None].repeat(3, axis=-1)
+    past = History({name: marks for name in FILTERED}, np.ones(shape + (1,), np.float32),
+                   FrameGuides(depth, normal, np.zeros(shape + (2,), np.float32)))
+    vector = np.zeros(shape + (2,), np.float32)
+    vector[..., 0], vector[..., 1] = 1.0, -1.0  # previous position: one column right, one row down
+    wide = TemporalSettings(clamp_relative=1e6, change_low=1e6, change_high=2e6, color_motion=1e6)
+    current = {name: np.full(shape + (3,), 100.0, np.float32) for name in FILTERED}
+    step = temporal_filter(current, FrameGuides(depth, normal, vector), past, wide)
+    diffuse = step.parts["diffuse"][..., 0]
+    for row, col in ((1, 1), (2, 4), (4, 5)):
+        assert diffuse[row, col] == pytest.approx(0.5 * 100.0 + 0.5 * marks[row + 1, col + 1, 0])
+
+
+def test_a_shading_change_resets_the_frame_count():
+    """Where the shading test gives the current frame all the weight, the history holds one frame again,
+    so the next steady frame averages two frames, not ten."""
+    from denoiser_core.temporal import temporal_filter
+
+    shape = (8, 8)
+    normal = np.zeros(shape + (3,), np.float32)
+    normal[..., 2] = 1.0
+    depth = np.full(shape + (1,), 3.0, np.float32)
+    still = np.zeros(shape + (2,), np.float32)
+    guides = FrameGuides(depth, normal, still)
+    past = History({name: np.full(shape + (3,), 0.2, np.float32) for name in FILTERED},
+                   np.full(shape + (1,), 9.0, np.float32), guides)
+    current = {name: np.full(shape + (3,), 1.0, np.float32) for name in FILTERED}  # a light came on
+    step = temporal_filter(current, guides, past, TemporalSettings())
+    assert np.all(step.parts["diffuse"] == 1.0)
+    assert np.all(step.history.frames == 1.0)

@@ -123,3 +123,29 @@ def test_a_layer_without_passes_does_not_need_the_vector_pass(shot, tmp_path):
     run = _temporal(folder, tmp_path / "out", tmp_path)
     assert run.code == 0, run.stderr
     assert len(list((tmp_path / "out").glob("den_*.exr"))) == 2
+
+
+def test_a_worker_that_waited_does_not_redo_the_shot_with_overwrite(shot, uninterrupted, tmp_path):
+    """A farm worker started with --overwrite while another holds the shot waits, then counts the shot
+    done by that worker (it writes nothing), as per-frame workers do. The test holds the claim itself."""
+    import time
+
+    from denoiser_core.claims import claim
+    from denoiser_core.shot import shot_marker_for
+
+    expected, folder = uninterrupted
+    out = tmp_path / "out"
+    shutil.copytree(folder, out)
+    held = claim(shot_marker_for(out / "den_0001.exr"))
+    assert held is not None
+    command = [sys.executable, "-m", "denoiser_core", "denoise", "--temporal", "--overwrite",
+               str(shot / "shot_####.exr"), "-o", str(out / "den_####.exr")]
+    env = {"HOME": str(tmp_path), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    worker = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # the worker finds the shot held and waits
+    assert worker.poll() is None
+    held.release()
+    _out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err
+    assert "waiting for it" in err and "0 of 6 frames denoised in temporal mode" in err, err
+    _assert_same_frames(out, expected)
