@@ -99,6 +99,9 @@ def _run(args, dc, worker: Worker) -> int:
         return _fail(f"{existing[0]}: exists (use --overwrite to replace it)", 2)
     if args.temporal and scene.render.use_motion_blur:
         return _fail(f"--temporal needs Motion Blur off: {render_setup.NO_VECTOR_WITH_MOTION_BLUR}", 2)
+    if args.temporal and any(b - a != 1 for a, b in zip(frames, frames[1:], strict=False)):
+        # the Vector pass points one frame back: history would restart at every frame, blending nothing
+        return _fail("--temporal needs consecutive frames (Frame Step 1, a --frames range without gaps)", 2)
     # the session is built once, in the worker process, before any rendering (a bad model file fails here)
     ran = worker.request("load", model=str(info.path), device=args.device)
     folder.mkdir(parents=True, exist_ok=True)

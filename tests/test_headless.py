@@ -104,6 +104,17 @@ def test_temporal_with_motion_blur_exits_2_before_rendering(scene, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_temporal_with_frame_gaps_exits_2_before_rendering(scene, tmp_path):
+    out = tmp_path / "out"
+    result = denoise(SCRIPT, scene["blend"], "--frames", "1,3", "--output", str(out), "--model",
+                     str(scene["model"]), "--temporal", cwd=tmp_path)
+    assert result.returncode == 2
+    expected = ("denoise.py: error: --temporal needs consecutive frames "
+                "(Frame Step 1, a --frames range without gaps)")
+    assert result.stderr.strip().splitlines()[-1] == expected
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_relative_output_and_no_overwrite_without_asking(scene, tmp_path):
     args = ("--frames", "2", "--samples", "1", "--output", "//out/", "--model", str(scene["model"]))
     blend = tmp_path / "copy.blend"
