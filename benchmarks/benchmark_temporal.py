@@ -33,7 +33,7 @@ def layer_passes(path: Path) -> dict[str, np.ndarray]:
     return image.canonical_passes(image.layers[0])
 
 
-def denoise_shot(noisy: list[Path], model, settings: TemporalSettings, with_oidn: bool) -> dict:
+def run_shot(noisy: list[Path], model, settings: TemporalSettings, with_oidn: bool) -> dict:
     """Beauty (H, W, 3) per frame for each method, and the share of pixels that used history."""
     outputs: dict[str, list[np.ndarray]] = {"noisy": [], "per-frame": [], "temporal": []}
     if with_oidn:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for shot in args.shots:
         paths = render_shot(shot, args.cache, frames=args.frames, samples=args.spp)
         references = [layer_passes(p)["combined"][..., :3] for p in paths["reference"]]
-        run = denoise_shot(paths["noisy"], model, settings, with_oidn=not args.no_oidn)
+        run = run_shot(paths["noisy"], model, settings, with_oidn=not args.no_oidn)
         for method, frames in run["outputs"].items():
             used = " ".join(f"{u:.2f}" for u in run["history_used"]) if method == "temporal" else ""
             quality = mean_psnr(frames, references)

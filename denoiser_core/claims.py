@@ -27,6 +27,7 @@ log = logging.getLogger("kprcan")
 
 SUFFIX = ".kprcan-claim"
 HEARTBEAT_SECONDS = 30.0
+POLL_SECONDS = 2.0  # how often a worker looks again at work another worker holds
 STALE_SECONDS = 300.0  # ten missed heartbeats: the owner is gone (or frozen: its work is redone)
 _HOST = socket.gethostname()
 # marker -> (content, mtime, when first seen so) of claims other workers hold, to tell a stopped heartbeat

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .claims import POLL_SECONDS
 from .devices import available_devices
 from .errors import DenoiserError
 from .exr import ExrImage, check_exr_file, read_exr
@@ -45,8 +46,6 @@ class _LazyBar:
             self.bar.close()
 
 
-# How often a worker looks again at frames other workers hold.
-CLAIM_POLL_SECONDS = 2.0
 
 
 def run_denoise(args: argparse.Namespace) -> int:
@@ -89,7 +88,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         held_before |= {target for _source, target in held}
         pending = held
         if pending:
-            time.sleep(CLAIM_POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
     frames.close()
     if elsewhere:
         log.info("%d of %d frames were denoised by other workers", elsewhere, len(todo))

@@ -50,6 +50,15 @@ class DenoiseResult:
     nonfinite_inputs: int = 0   # NaN/Inf input values replaced by 0
     seconds: float = 0.0
 
+    @classmethod
+    def from_parts(cls, parts: Decomposition, outputs: dict[str, np.ndarray], **fields) -> DenoiseResult:
+        """The result of the networks' ``outputs`` on ``parts``: beauty recombined, the parts as radiance."""
+        diffuse, specular = outputs["diffuse_denoised"], outputs["specular_denoised"]
+        return cls(beauty=recombine(parts, diffuse, specular),
+                   diffuse=sanitize(parts.diffuse_color * diffuse),
+                   specular=sanitize(parts.specular_color * specular),  # radiance, also when demodulated
+                   outputs=outputs, parts=parts, **fields)
+
 
 def required_passes(info: ModelInfo) -> tuple[str, ...]:
     """Canonical passes a render must have: the model's list plus what the decomposition reads."""
@@ -132,13 +141,8 @@ class Denoiser:
                                 self.info.size_multiple, progress, cancel)
         except MemoryError:
             raise self._out_of_memory(height, width, tile) from None
-        diffuse, specular = outputs["diffuse_denoised"], outputs["specular_denoised"]
-        return DenoiseResult(
-            beauty=recombine(parts, diffuse, specular),
-            diffuse=sanitize(parts.diffuse_color * diffuse),
-            specular=sanitize(parts.specular_color * specular),  # radiance, also when demodulated
-            outputs=outputs,
-            parts=parts,
+        return DenoiseResult.from_parts(
+            parts, outputs,
             nonfinite_inputs=sum(nonfinite.values()),
             seconds=time.perf_counter() - started,
         )

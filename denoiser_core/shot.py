@@ -22,18 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .claims import claim
+from .claims import POLL_SECONDS, claim
 from .errors import DenoiserError
 from .exr import read_exr
 from .inference import DEFAULT_TILE, Denoiser, DenoiseResult
 from .pipeline import denoise_file, remove_stale_temporaries
 from .sequence import expand_pattern, is_pattern, plan_jobs
-from .temporal import HISTORY_PASS, History, TemporalSettings, filter_result, frame_guides
+from .temporal import HISTORY_COMPONENTS, HISTORY_PASS, History, TemporalSettings, filter_result, frame_guides
 
 log = logging.getLogger("kprcan")
 
-HISTORY_COMPONENTS = ["DR", "DG", "DB", "SR", "SG", "SB", "CR", "CG", "CB", "N"]  # History.packed()
-POLL_SECONDS = 2.0
 
 
 def read_history(source: Path, output: Path) -> dict[str, History]:

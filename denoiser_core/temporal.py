@@ -40,10 +40,12 @@ import numpy as np
 
 from .errors import DenoiserError
 from .inference import DenoiseResult
-from .passes import missing_passes_hint, recombine, sanitize, sanitize_guide
+from .passes import missing_passes_hint, sanitize, sanitize_guide
 
-# Written into each temporal output: History.packed(), the filtered FILTERED parts and the frame count.
+# Written into each temporal output: History.packed(), the filtered FILTERED parts and the frame count,
+# as these channels (EXR files keep channels in name order, so they are read back by name).
 HISTORY_PASS = "Temporal History"
+HISTORY_COMPONENTS = ["DR", "DG", "DB", "SR", "SG", "SB", "CR", "CG", "CB", "N"]
 
 
 @dataclass(frozen=True)
@@ -217,10 +219,8 @@ def filter_result(result: DenoiseResult, guides: FrameGuides, history: History |
                             "diffuse_color": parts.diffuse_color}, guides, history, settings)
     if step.history_fraction == 0.0:
         return result, step
-    diffuse, specular = step.parts["diffuse"], step.parts["specular"]
+    outputs = {**result.outputs, "diffuse_denoised": step.parts["diffuse"],
+               "specular_denoised": step.parts["specular"]}
     filtered_parts = replace(parts, diffuse_color=step.parts["diffuse_color"])
-    outputs = {**result.outputs, "diffuse_denoised": diffuse, "specular_denoised": specular}
-    return replace(result, beauty=recombine(filtered_parts, diffuse, specular),
-                   diffuse=sanitize(filtered_parts.diffuse_color * diffuse),
-                   specular=sanitize(filtered_parts.specular_color * specular),
-                   outputs=outputs, parts=filtered_parts), step
+    return DenoiseResult.from_parts(filtered_parts, outputs, nonfinite_inputs=result.nonfinite_inputs,
+                                    seconds=result.seconds), step
