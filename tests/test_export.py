@@ -47,6 +47,30 @@ def test_onnxruntime_matches_torch(name, tmp_path):
         np.testing.assert_allclose(a, e, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["fast", "kpcn"])
+def test_export_pads_the_first_convolutions_to_the_nchwc_block_without_changing_the_output(name, tmp_path):
+    import onnx
+
+    from training.export import NCHWC_BLOCK, pad_input_channels
+
+    path, graph, _session = exported(name, tmp_path)
+    assert graph.feature_channels % NCHWC_BLOCK  # 30: the padding has something to do
+    padded = pad_input_channels(graph)
+    inputs = example_inputs(graph, 32, 48, seed=5)
+    with torch.no_grad():
+        for a, b in zip(graph(**inputs), padded(**inputs), strict=True):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-6, rtol=0)
+    model = onnx.load(str(path))
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    first_inputs = [shapes[node.input[1]][1] for node in model.graph.node
+                    if node.op_type == "Conv" and node.input[1] in shapes
+                    and shapes[node.input[1]][1] > graph.feature_channels]
+    rounded_up = -(-graph.feature_channels // NCHWC_BLOCK) * NCHWC_BLOCK
+    assert first_inputs == [rounded_up] * 2  # one first convolution per component network
+    # the weights file keeps the unpadded network (train.py --init and the parity test above load it)
+    assert graph.input_padding == 0 and padded.input_padding == first_inputs[0] - graph.feature_channels
+
+
 def test_exported_model_carries_the_metadata_contract(tmp_path):
     path, graph, session = exported("fast", tmp_path)
     info = read_model_info(path)  # the inference core's own validation of the contract

@@ -216,3 +216,23 @@ def test_direct_cnn_is_kpcn_layers_predicting_colour_without_a_skip():
     kpcn = build_arch({"type": "kpcn", "width": 8, "depth": 4, "kernel_size": 3, "predict_kernel": 3}, 10)
     shapes = [p.shape for p in net.parameters()]
     assert shapes[:-2] == [p.shape for p in kpcn.parameters()][:-2] and shapes[-2][0] == 3
+
+
+def test_kpunet_takes_a_kernel_size_per_level_and_loads_larger_kernels_by_their_central_taps():
+    spec = {"type": "kpunet", "widths": [8, 8, 8], "predict_kernel": 5}
+    larger = build_arch(spec, 6).eval()
+    smaller = build_arch({**spec, "predict_kernel": [3, 5, 5]}, 6).eval()
+    assert smaller.heads[0].out_channels == 9 + 1 and smaller.heads[1].out_channels == 25 + 1
+    assert smaller.receptive_radius <= larger.receptive_radius
+    with torch.no_grad():  # the outer ring of the full-resolution 5x5 kernels gets no weight
+        grid = torch.arange(25).view(5, 5)
+        outer = [int(i) for i in grid.flatten() if i not in grid[1:4, 1:4].flatten()]
+        larger.heads[0].bias[outer] = -1e4
+    smaller.load_state_dict(larger.state_dict())
+    features, color = torch.randn(2, 6, 16, 16), torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(smaller(features, color), larger(features, color), atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the other way round is no kernel crop
+        build_arch({**spec, "predict_kernel": [7, 5, 5]}, 6).load_state_dict(larger.state_dict())
+    with pytest.raises(ValueError, match="one per level"):
+        build_arch({**spec, "predict_kernel": [3, 5]}, 6)

@@ -17,6 +17,8 @@ sum) rather than concatenated, which keeps the full-resolution layers cheap.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,17 +35,22 @@ def upsample(x: torch.Tensor) -> torch.Tensor:
 @register("kpunet")
 class MultiScaleKPUNet(nn.Module):
     """U-Net with ``len(widths)`` levels (``widths[l]`` channels at 1/2^l resolution) predicting
-    ``predict_kernel``^2 kernels plus a blend weight at each level. H and W must be multiples of
-    ``size_multiple`` = 2^(levels - 1)."""
+    ``predict_kernel``^2 kernels plus a blend weight at each level. ``predict_kernel`` is one size for
+    every level or a list, finest first: the full-resolution level's kernel application is three quarters
+    of all of it, so a 3x3 kernel there and 5x5 below cuts it by almost half. H and W must be multiples
+    of ``size_multiple`` = 2^(levels - 1)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (16, 32, 64, 96),
-                 kernel_size: int = 3, predict_kernel: int = 5, encoder_convs: int = 2,
+                 kernel_size: int = 3, predict_kernel: int | list[int] = 5, encoder_convs: int = 2,
                  decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0):
         super().__init__()
         widths = list(widths)
-        if len(widths) < 2 or encoder_convs < 1 or decoder_convs < 1 or predict_kernel % 2 != 1:
-            raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level and an odd predict_kernel")
-        self.levels, self.predict_kernel = len(widths), predict_kernel
+        sizes = [predict_kernel] * len(widths) if isinstance(predict_kernel, int) else list(predict_kernel)
+        if (len(widths) < 2 or encoder_convs < 1 or decoder_convs < 1 or len(sizes) != len(widths)
+                or any(size % 2 != 1 for size in sizes)):
+            raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level and an odd predict_kernel "
+                             "(one, or one per level)")
+        self.levels, self.predict_kernels = len(widths), sizes
         self.size_multiple = 2 ** (self.levels - 1)
         self.pool = nn.AvgPool2d(2)
 
@@ -57,10 +64,28 @@ class MultiScaleKPUNet(nn.Module):
         self.projections = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1)
                                          for i in range(self.levels - 1))
         self.decoders = nn.ModuleList(stack(w, w, decoder_convs) for w in widths[:-1])
-        taps = predict_kernel * predict_kernel
-        self.heads = nn.ModuleList(nn.Conv2d(w, taps + (1 if i < self.levels - 1 else 0), 1)
+        self.heads = nn.ModuleList(nn.Conv2d(w, sizes[i] ** 2 + (1 if i < self.levels - 1 else 0), 1)
                                    for i, w in enumerate(widths))
         self.receptive_radius = self._radius()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights of a network with larger kernels at a level load into this one with their central
+        taps: the softmax over the central logits is the larger kernel conditioned on those taps, so a
+        fine-tune to smaller kernels starts from the trained network (training/configs/fast_k3.yaml)."""
+        for level, size in enumerate(self.predict_kernels):
+            blend = 1 if level < self.levels - 1 else 0
+            for name in ("weight", "bias"):
+                key = f"{prefix}heads.{level}.{name}"
+                stored = state_dict.get(key)
+                if stored is None or stored.shape[0] <= size * size + blend:
+                    continue
+                larger = math.isqrt(stored.shape[0] - blend)
+                if larger * larger + blend != stored.shape[0] or larger % 2 != 1:
+                    continue  # not a kernel head of this design: the strict load reports the mismatch
+                offset = (larger - size) // 2
+                rows = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
+                state_dict[key] = stored[rows + list(range(larger * larger, stored.shape[0]))]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _radius(self) -> int:
         """Conservative receptive radius in full-resolution pixels (checked against gradients in tests):
@@ -73,11 +98,10 @@ class MultiScaleKPUNet(nn.Module):
         for level in range(last - 1, -1, -1):  # bilinear upsampling reaches one coarse pixel
             features[level] = (max(features[level + 1] + 2 ** (level + 1), encoder[level])
                                + radius_of(self.decoders[level]) * 2 ** level)
-        kernel_radius = self.predict_kernel // 2
         out = 0
         for level in range(last, -1, -1):
             scale = 2 ** level
-            filtered = max(features[level], scale - 1 + kernel_radius * scale)
+            filtered = max(features[level], scale - 1 + self.predict_kernels[level] // 2 * scale)
             if level == last:
                 out = filtered
             else:  # up(down(filtered)) and up(out of the coarser level)
@@ -97,11 +121,12 @@ class MultiScaleKPUNet(nn.Module):
         colors = [color]
         for _ in range(self.levels - 1):
             colors.append(self.pool(colors[-1]))
-        taps = self.predict_kernel ** 2
         out = None
         for level in range(self.levels - 1, -1, -1):
+            size = self.predict_kernels[level]
+            taps = size * size
             head = self.heads[level](decoded[level])
-            filtered = apply_kernels(colors[level], head[:, :taps], self.predict_kernel)
+            filtered = apply_kernels(colors[level], head[:, :taps], size)
             if out is None:
                 out = filtered
             else:
