@@ -7,13 +7,13 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .devices import CPU, providers_for, session_options
 from .errors import DenoiserError
-from .models import KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
+from .models import COLOUR_OUTPUT, KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
 from .native_output import captured_native_output
 from .passes import (
     DECOMPOSITION_PASSES,
@@ -52,7 +52,10 @@ class DenoiseResult:
 
     @classmethod
     def from_parts(cls, parts: Decomposition, outputs: dict[str, np.ndarray], **fields) -> DenoiseResult:
-        """The result of the networks' ``outputs`` on ``parts``: beauty recombined, the parts as radiance."""
+        """The result of the networks' ``outputs`` on ``parts``: beauty recombined, the parts as radiance.
+        A model's denoised Diffuse Color (``diffuse_color_denoised``) replaces the render's in ``parts``."""
+        if COLOUR_OUTPUT in outputs:
+            parts = replace(parts, diffuse_color=outputs[COLOUR_OUTPUT])
         diffuse, specular = outputs["diffuse_denoised"], outputs["specular_denoised"]
         return cls(beauty=recombine(parts, diffuse, specular),
                    diffuse=sanitize(parts.diffuse_color * diffuse),
@@ -128,7 +131,7 @@ class Denoiser:
                         listing)
         parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular)
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
-                  "normal": parts.normal, "depth": parts.depth}
+                  "normal": parts.normal, "depth": parts.depth, "diffuse_color": parts.diffuse_color}
         for name in VARIANCE_INPUTS:
             if name in used:
                 inputs[name] = sanitize_guide(name, used[name][..., :1])
@@ -137,7 +140,8 @@ class Denoiser:
         tile = int(tile) if int(tile) > AUTO_TILE else choose_tile(
             height, width, self.info.receptive_radius, self.info.size_multiple)
         try:
-            outputs = run_tiled(self._run, feeds, KNOWN_OUTPUTS, tile, self.info.receptive_radius,
+            outputs = run_tiled(self._run, feeds, {name: KNOWN_OUTPUTS[name] for name in self.info.outputs},
+                                tile, self.info.receptive_radius,
                                 self.info.size_multiple, progress, cancel)
         except MemoryError:
             raise self._out_of_memory(height, width, tile) from None
@@ -148,7 +152,7 @@ class Denoiser:
         )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = list(KNOWN_OUTPUTS)
+        names = list(self.info.outputs)
         failure = None
         with captured_native_output():  # onnxruntime logs its failures to stderr besides raising them
             try:

@@ -18,14 +18,18 @@ log = logging.getLogger("kprcan")
 # Version 2 = version 1 plus ``denoise_residual: true`` (a different specular input): a kprcan that only
 # reads version 1 refuses such a model instead of feeding it the wrong buffer. Version 3 adds
 # ``demodulate_specular: true`` (specular light in, GlossCol + TransCol multiplied back) for the same reason.
-# Version 1 and 2 models still load.
-FORMAT_VERSION = 3
+# Version 4 adds models that take Diffuse Color as an input and output it denoised
+# (``diffuse_color_denoised``, multiplied back instead of the render's: noisy behind volumes).
+# Versions 1 to 3 still load.
+FORMAT_VERSION = 4
 PREFIX = "kprcan."
 REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", "required_passes",
                  "needs_variance", "receptive_radius", "size_multiple")
 KNOWN_INPUTS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1,
-                "diffuse_variance": 1, "specular_variance": 1}
-KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3}
+                "diffuse_variance": 1, "specular_variance": 1, "diffuse_color": 3}
+KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3, "diffuse_color_denoised": 3}
+REQUIRED_OUTPUTS = ("diffuse_denoised", "specular_denoised")
+COLOUR_OUTPUT = "diffuse_color_denoised"  # with the diffuse_color input, format version 4
 # Arithmetic the graph's convolutions use (``kprcan.precision``; absent means float32). int8 models are
 # QDQ graphs (training/quantize.py): same float inputs and outputs, so the core runs them unchanged.
 PRECISIONS = ("float32", "int8")
@@ -51,10 +55,15 @@ class ModelInfo:
     precision: str = "float32"  # one of PRECISIONS
     metadata: dict[str, str] = field(default_factory=dict, compare=False)  # raw metadata_props
 
+    @property
+    def denoises_diffuse_color(self) -> bool:
+        return COLOUR_OUTPUT in self.outputs
+
     def summary(self) -> str:
         params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
         residual = ", denoises emission/environment" if self.denoise_residual else ""
         residual += ", demodulates specular" if self.demodulate_specular else ""
+        residual += ", denoises Diffuse Color" if self.denoises_diffuse_color else ""
         precision = f", {self.precision} convolutions" if self.precision != "float32" else ""
         return (f"{self.name} ({self.architecture}{precision}, {params}, context {self.receptive_radius} px, "
                 f"size multiple {self.size_multiple}{residual})")
@@ -89,8 +98,12 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
     unknown += [n for n in required if n not in PASS_TABLE]
     if unknown:
         raise bad(f"unknown names in metadata: {', '.join(unknown)}")
-    if sorted(outputs) != sorted(KNOWN_OUTPUTS):
-        raise bad(f"outputs must be {sorted(KNOWN_OUTPUTS)}, got {outputs}")
+    if not set(REQUIRED_OUTPUTS) <= set(outputs) or len(set(outputs)) != len(outputs):
+        raise bad(f"outputs must be {list(REQUIRED_OUTPUTS)} (plus {COLOUR_OUTPUT}), got {outputs}")
+    if (COLOUR_OUTPUT in outputs) != ("diffuse_color" in inputs):
+        raise bad(f"a model takes the diffuse_color input exactly when it outputs {COLOUR_OUTPUT}")
+    if COLOUR_OUTPUT in outputs and version < 4:
+        raise bad(f"{COLOUR_OUTPUT} needs format_version 4")
     if meta["needs_variance"].strip().lower() not in ("true", "false"):
         raise bad(f"needs_variance must be true or false, got {meta['needs_variance']!r}")
     radius = _integer(meta["receptive_radius"], "receptive_radius", bad)

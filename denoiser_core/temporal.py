@@ -40,6 +40,7 @@ import numpy as np
 
 from .errors import DenoiserError
 from .inference import DenoiseResult
+from .models import COLOUR_OUTPUT
 from .passes import missing_passes_hint, sanitize, sanitize_guide
 
 # Written into each temporal output: History.packed(), the filtered FILTERED parts and the frame count,
@@ -221,6 +222,8 @@ def filter_result(result: DenoiseResult, guides: FrameGuides, history: History |
         return result, step
     outputs = {**result.outputs, "diffuse_denoised": step.parts["diffuse"],
                "specular_denoised": step.parts["specular"]}
+    if COLOUR_OUTPUT in outputs:  # from_parts takes a model's denoised colour from its outputs
+        outputs[COLOUR_OUTPUT] = step.parts["diffuse_color"]
     filtered_parts = replace(parts, diffuse_color=step.parts["diffuse_color"])
     return DenoiseResult.from_parts(filtered_parts, outputs, nonfinite_inputs=result.nonfinite_inputs,
                                     seconds=result.seconds), step

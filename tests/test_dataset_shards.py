@@ -19,7 +19,8 @@ from training.datagen import pack, plan
 from training.datagen.exr_io import read_passes
 
 CONTRACT_KEYS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1, "diffuse_variance": 1,
-                 "specular_variance": 1, "diffuse_reference": 3, "specular_reference": 3, "diffuse_color": 3}
+                 "specular_variance": 1, "diffuse_reference": 3, "specular_reference": 3, "diffuse_color": 3,
+                 "diffuse_color_reference": 3}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_pack_writes_fp16_shards_and_is_incremental(packed):
     index = json.loads((folder / "index.json").read_text())
     assert stats["views"] == 3 and stats["patches"] == sum(s["count"] for s in index["shards"]) > 0
     shard = np.load(folder / index["shards"][0]["file"], mmap_mode="r")
-    assert shard.dtype == np.float16 and shard.shape[1:] == (24, 32, 32)
+    assert shard.dtype == np.float16 and shard.shape[1:] == (27, 32, 32)
     assert sorted(index["packed_views"]) == ["train-000000", "train-000001", "train-000002"]
     again = pack.pack_split(root, "train", patch=32, max_firefly_fraction=1.0)
     assert again["views"] == 0 and again["patches"] == 0
@@ -70,6 +71,12 @@ def test_patch_values_match_the_exr_decomposition(packed):
     expected = parts.diffuse[window].transpose(2, 0, 1) * meta["scale"]
     np.testing.assert_allclose(sample["diffuse"].numpy(), expected, rtol=2e-3, atol=1e-3 * meta["scale"])
     np.testing.assert_allclose(sample["normal"].numpy(), parts.normal[window].transpose(2, 0, 1), atol=2e-3)
+    np.testing.assert_allclose(sample["diffuse_color"].numpy(), parts.diffuse_color[window].transpose(2, 0, 1),
+                               atol=2e-3)
+    # the reference's own colour, not the noisy render's (colour-denoising models are held to it)
+    reference_colour = decompose(read_passes(str(view / "reference.exr"))).diffuse_color[window]
+    np.testing.assert_allclose(sample["diffuse_color_reference"].numpy(), reference_colour.transpose(2, 0, 1),
+                               atol=2e-3)
     half_diff = decompose(a).specular - decompose(b).specular
     expected_var = np.mean((half_diff / 2) ** 2, -1)[window] * meta["scale"] ** 2
     np.testing.assert_allclose(sample["specular_variance"][0].numpy(), expected_var, rtol=5e-3,

@@ -183,8 +183,9 @@ def test_tonemapped_component_loss_trains_bright_diffuse_light():
     # the shipped models' recipe (light clamped at 1) stays available, and its blind spot is real
     light = tiny_config("fast", ["loss.tonemapped_diffuse=light"])
     assert stage_loss(DenoiseLoss(light.loss), graph, outputs, batch, "components").item() == 0
-    # configs written before the option existed (the shipped models' .json) load with the new default
-    assert load_config_json(REPO / "models" / "fast.json").loss.tonemapped_diffuse == "contribution"
+    # configs that do not name it get the new default; the shipped quality .json names its recipe
+    assert tiny_config("fast").loss.tonemapped_diffuse == "contribution"
+    assert load_config_json(REPO / "models" / "quality.json").loss.tonemapped_diffuse == "light"
 
 
 @pytest.mark.parametrize("spec", [

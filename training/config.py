@@ -33,6 +33,9 @@ class GraphConfig:
     # light); unclamped, such a value let a model move a light's pixel onto its neighbour
     # (docs/experiments.md)
     albedo_max: float | None = None
+    # take Diffuse Color as an input and output it denoised (training/graph.py); needs kpunet and shards
+    # with the reference colour (pack index version 3)
+    denoise_diffuse_color: bool = False
 
 
 @dataclass

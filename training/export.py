@@ -26,13 +26,13 @@ from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
 from training.archs.summary import parameter_count
 from training.checkpoint import RunFolder, atomic_write, load_weights, write_json
 from training.config import Config, load_config_json
-from training.graph import OUTPUTS, DenoiserGraph, build_graph, example_inputs
+from training.graph import DenoiserGraph, build_graph, example_inputs
 
 # onnxruntime's NCHWc block on the CPU: 16 channels with AVX-512, 8 with AVX2 (a multiple of 16 suits both)
 NCHWC_BLOCK = 16
 
 # contract version written: 1, 2 for models that denoise the residual, 3 for models that demodulate the
-# specular buffer (denoiser_core/models.py)
+# specular buffer, 4 for models that denoise Diffuse Color (denoiser_core/models.py)
 
 
 def training_data_summary(config: Config) -> str:
@@ -47,10 +47,10 @@ def training_data_summary(config: Config) -> str:
 def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[str, str]:
     """The ``kprcan.*`` metadata_props of docs/contract.md."""
     meta = {
-        "format_version": "3" if config.data.demodulate_specular else "2" if config.data.denoise_residual
-        else "1",
+        "format_version": "4" if graph.denoise_diffuse_color else "3" if config.data.demodulate_specular
+        else "2" if config.data.denoise_residual else "1",
         "name": name, "architecture": config.model["type"],
-        "inputs": json.dumps(graph.input_names), "outputs": json.dumps(list(OUTPUTS)),
+        "inputs": json.dumps(graph.input_names), "outputs": json.dumps(graph.output_names),
         "required_passes": json.dumps(list(DECOMPOSITION_PASSES) + list(FEATURE_PASSES)),
         "needs_variance": str(graph.use_variance).lower(), "receptive_radius": str(graph.receptive_radius),
         "size_multiple": str(graph.size_multiple), "training_data": training_data_summary(config),
@@ -92,7 +92,7 @@ def export_onnx(graph: DenoiserGraph, config: Config, path: Path, name: str) -> 
     names = graph.input_names
     multiple = graph.size_multiple
     inputs = example_inputs(graph, 4 * multiple if multiple > 1 else 24, 6 * multiple if multiple > 1 else 32)
-    axes = {n: {0: "N", 2: "H", 3: "W"} for n in names + list(OUTPUTS)}
+    axes = {n: {0: "N", 2: "H", 3: "W"} for n in names + graph.output_names}
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -100,7 +100,7 @@ def export_onnx(graph: DenoiserGraph, config: Config, path: Path, name: str) -> 
             # The TorchScript-based exporter: exports these graphs in seconds (dynamo takes minutes on
             # 441-tap kernel loops) and handles dynamic H/W through Shape/Slice nodes.
             torch.onnx.export(exported, tuple(inputs[n] for n in names), str(tmp), input_names=names,
-                              output_names=list(OUTPUTS), dynamic_axes=axes,
+                              output_names=graph.output_names, dynamic_axes=axes,
                               opset_version=max(17, config.export.opset), dynamo=False)
         model = onnx.load(str(tmp))
         for key, value in contract_metadata(graph, config, name).items():

@@ -17,6 +17,11 @@ Pre-processing (after Bako et al. 2017, KPCN):
 * variances (optional): of the log1p colour the network sees, by the delta method Var[log1p X] ~
   Var[X] / (1 + X)^2, then log1p-compressed so that fireflies do not dominate the input range.
 * x/y forward differences of the colour and the features (zero in the last column/row).
+* Diffuse Color (optional, ``denoise_diffuse_color``): behind fog and other volumes Cycles' colour passes
+  carry the volume's per-sample transmittance and are as noisy as the light, and ``recombine`` multiplies
+  the denoised light by them. Such models take Diffuse Color as an input (a feature of both networks,
+  clamped to [0, 1]) and the diffuse network filters it with kernels of its own (kpunet ``signals: 2``)
+  into a third output, ``diffuse_color_denoised``, which the core multiplies back instead.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from denoiser_core.models import COLOUR_OUTPUT  # models with denoise_diffuse_color
 from denoiser_core.models import KNOWN_INPUTS as INPUT_CHANNELS  # the contract's inputs: name -> channels
 from training.archs import build_arch
 
@@ -75,14 +81,21 @@ class DenoiserGraph(nn.Module):
     """
 
     def __init__(self, model: dict, log_diffuse: bool = False, use_variance: bool = False,
-                 use_gradients: bool = True, depth_max: float = 1e4, albedo_max: float | None = None):
+                 use_gradients: bool = True, depth_max: float = 1e4, albedo_max: float | None = None,
+                 denoise_diffuse_color: bool = False):
         super().__init__()
+        self.denoise_diffuse_color = bool(denoise_diffuse_color)
+        if self.denoise_diffuse_color and model.get("type") != "kpunet":
+            raise ValueError("graph.denoise_diffuse_color needs a kpunet model (it filters two signals)")
         self.albedo_max = None if albedo_max is None else float(albedo_max)
         self.model_spec = dict(model)
         self.log_space = {"diffuse": log_diffuse, "specular": True}
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
         architecture = {key: value for key, value in model.items() if key != "channels"}
-        self.nets = nn.ModuleDict({c: build_arch(architecture, self.feature_channels) for c in COMPONENTS})
+        signals = {"diffuse": 2} if self.denoise_diffuse_color else {}
+        self.nets = nn.ModuleDict({c: build_arch({**architecture, **({"signals": signals[c]} if c in signals
+                                                                      else {})}, self.feature_channels)
+                                   for c in COMPONENTS})
         if model.get("channels"):  # a pruned graph (training/prune.py)
             set_layer_channels(self, model["channels"])
         # Extra input channels the networks' first convolutions take, with zero weights (export's
@@ -94,14 +107,50 @@ class DenoiserGraph(nn.Module):
     def feature_channels(self) -> int:
         """Channels a component network sees (``_network_input``): its colour and the shared features,
         with their x and y differences when ``use_gradients``, and its variance when ``use_variance``."""
-        seen = INPUT_CHANNELS[COMPONENTS[0]] + sum(INPUT_CHANNELS[name] for name in FEATURE_INPUTS)
+        seen = INPUT_CHANNELS[COMPONENTS[0]] + sum(INPUT_CHANNELS[name] for name in self._feature_inputs)
         variance = INPUT_CHANNELS[f"{COMPONENTS[0]}_variance"] if self.use_variance else 0
         return seen * (3 if self.use_gradients else 1) + variance
 
     @property
+    def _feature_inputs(self) -> tuple[str, ...]:
+        return FEATURE_INPUTS + (("diffuse_color",) if self.denoise_diffuse_color else ())
+
+    @property
     def input_names(self) -> list[str]:
-        names = list(COMPONENTS) + list(FEATURE_INPUTS)
+        names = list(COMPONENTS) + list(self._feature_inputs)
         return names + [f"{c}_variance" for c in COMPONENTS] if self.use_variance else names
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(OUTPUTS) + ([COLOUR_OUTPUT] if self.denoise_diffuse_color else [])
+
+    def _input_blocks(self, shared: int) -> list[int]:
+        """Channel counts of ``_network_input``'s parts, in order, with ``shared`` feature channels."""
+        colour = INPUT_CHANNELS[COMPONENTS[0]]
+        blocks = [colour, shared] * (3 if self.use_gradients else 1)
+        return blocks + ([INPUT_CHANNELS["diffuse_variance"]] if self.use_variance else [])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights of the graph without Diffuse Color load into one with it (``train.py --init``): each
+        network's first convolution gets zero weights for the new feature channels, so the fine-tune
+        starts from the trained network (kpunet starts the colour's kernels as the identity)."""
+        if self.denoise_diffuse_color:
+            without = sum(INPUT_CHANNELS[name] for name in FEATURE_INPUTS)
+            with_colour = without + INPUT_CHANNELS["diffuse_color"]
+            old_blocks, new_blocks = self._input_blocks(without), self._input_blocks(with_colour)
+            for component, net in self.nets.items():
+                name = next(n for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+                key = f"{prefix}nets.{component}.{name}.weight"
+                stored = state_dict.get(key)
+                if stored is None or stored.shape[1] != sum(old_blocks):  # the graph's own shape, or no match
+                    continue
+                widened = stored.new_zeros((stored.shape[0], sum(new_blocks), *stored.shape[2:]))
+                old_start = new_start = 0
+                for old, new in zip(old_blocks, new_blocks, strict=True):
+                    widened[:, new_start:new_start + old] = stored[:, old_start:old_start + old]
+                    old_start, new_start = old_start + old, new_start + new
+                state_dict[key] = widened
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def receptive_radius(self) -> int:
@@ -120,10 +169,11 @@ class DenoiserGraph(nn.Module):
         # exp(x) - 1 rather than expm1: the ONNX exporter has no expm1; float32 error is ~1e-7 absolute
         return torch.exp(x) - 1 if self.log_space[component] else x
 
-    def _shared_features(self, albedo: torch.Tensor, normal: torch.Tensor,
-                         depth: torch.Tensor) -> torch.Tensor:
+    def _shared_features(self, albedo: torch.Tensor, normal: torch.Tensor, depth: torch.Tensor,
+                         diffuse_color: torch.Tensor | None = None) -> torch.Tensor:
         depth = torch.log1p(depth.clamp(0, self.depth_max)) / math.log1p(self.depth_max)
-        return torch.cat([albedo.clamp(0, self.albedo_max), normal, depth], dim=1)
+        features = [albedo.clamp(0, self.albedo_max), normal, depth]
+        return torch.cat(features + ([diffuse_color.clamp(0, 1)] if diffuse_color is not None else []), dim=1)
 
     def _network_input(self, linear: torch.Tensor, shared: list[torch.Tensor],
                        variance: torch.Tensor | None) -> torch.Tensor:
@@ -142,7 +192,8 @@ class DenoiserGraph(nn.Module):
         return torch.cat(parts, dim=1)
 
     def _shared_parts(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        shared = self._shared_features(inputs["albedo"], inputs["normal"], inputs["depth"])
+        shared = self._shared_features(inputs["albedo"], inputs["normal"], inputs["depth"],
+                                       inputs["diffuse_color"] if self.denoise_diffuse_color else None)
         return [shared, *finite_differences(shared)] if self.use_gradients else [shared]
 
     def denoise(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,18 +204,23 @@ class DenoiserGraph(nn.Module):
             linear = inputs[component]
             variance = inputs.get(f"{component}_variance") if self.use_variance else None
             features = self._network_input(linear, shared, variance)
-            filtered = self.nets[component](features, self.to_space(component, linear))
+            signal = self.to_space(component, linear)
+            if component == "diffuse" and self.denoise_diffuse_color:
+                colour = inputs["diffuse_color"].clamp(min=0)
+                filtered, out["diffuse_color"] = self.nets[component](features, signal, colour)
+            else:
+                filtered = self.nets[component](features, signal)
             out[f"{component}_space"] = filtered
             out[component] = self.from_space(component, filtered)
         return out
 
-    def forward(self, diffuse: torch.Tensor, specular: torch.Tensor, albedo: torch.Tensor,
-                normal: torch.Tensor, depth: torch.Tensor, diffuse_variance: torch.Tensor | None = None,
-                specular_variance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.denoise({"diffuse": diffuse, "specular": specular, "albedo": albedo, "normal": normal,
-                            "depth": depth, "diffuse_variance": diffuse_variance,
-                            "specular_variance": specular_variance})
-        return out["diffuse"], out["specular"]
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inputs in ``input_names`` order (as ONNX feeds them) or by name; outputs in ``output_names``
+        order: diffuse light, specular[, Diffuse Color]."""
+        inputs = {**dict(zip(self.input_names[:len(args)], args, strict=True)), **kwargs}
+        out = self.denoise(inputs)
+        return (out["diffuse"], out["specular"]) + ((out["diffuse_color"],) if self.denoise_diffuse_color
+                                                    else ())
 
 
 def example_inputs(graph: DenoiserGraph, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -188,4 +244,5 @@ def build_graph(config) -> DenoiserGraph:
     """The graph a ``training.config.Config`` describes."""
     g = config.graph
     return DenoiserGraph(config.model, log_diffuse=g.log_diffuse, use_variance=g.use_variance,
-                         use_gradients=g.use_gradients, depth_max=g.depth_max, albedo_max=g.albedo_max)
+                         use_gradients=g.use_gradients, depth_max=g.depth_max, albedo_max=g.albedo_max,
+                         denoise_diffuse_color=g.denoise_diffuse_color)

@@ -127,9 +127,28 @@ def recombine(diffuse_color: torch.Tensor, diffuse: torch.Tensor, specular: torc
     return diffuse_color * diffuse + (specular if specular_color is None else specular_color * specular)
 
 
-def recombine_batch(batch: dict, diffuse: torch.Tensor, specular: torch.Tensor) -> torch.Tensor:
-    """``recombine`` with the colours of ``batch`` (its ``specular_color`` when the shards have one)."""
-    return recombine(batch["diffuse_color"], diffuse, specular, batch.get("specular_color"))
+def recombine_batch(batch: dict, diffuse: torch.Tensor, specular: torch.Tensor,
+                    diffuse_color: torch.Tensor | None = None) -> torch.Tensor:
+    """``recombine`` with the colours of ``batch`` (its ``specular_color`` when the shards have one), or
+    with ``diffuse_color`` in place of the noisy render's."""
+    colour = batch["diffuse_color"] if diffuse_color is None else diffuse_color
+    return recombine(colour, diffuse, specular, batch.get("specular_color"))
+
+
+def reference_beauty(batch: dict) -> torch.Tensor:
+    """The reference image: reference light times the reference's Diffuse Color where the shards hold it
+    (pack index version 3), else the noisy render's (older packs)."""
+    return recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"],
+                           batch.get("diffuse_color_reference"))
+
+
+def diffuse_colours(batch: dict, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Diffuse Color the prediction is multiplied by, the one its target is multiplied by): a model that
+    denoises Diffuse Color is held to the reference's colour; any other model can do nothing about the
+    noisy render's colour, so both sides keep it and the loss sees only what the model can change."""
+    if "diffuse_color" in outputs:
+        return outputs["diffuse_color"], batch["diffuse_color_reference"]
+    return batch["diffuse_color"], batch["diffuse_color"]
 
 
 # The colour that turns each component's buffer into its share of the beauty (``contribution``).
@@ -139,16 +158,19 @@ COMPONENT_COLOURS = {"diffuse": "diffuse_color", "specular": "specular_color"}
 def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str) -> torch.Tensor:
     """Loss of one training stage: ``components`` (diffuse + specular, each on its own, as KPCN) or
     ``joint`` (the recombined image ``diffuse_color * diffuse + specular_color * specular``)."""
+    predicted_colour, target_colour = diffuse_colours(batch, outputs)
     if target == "joint":
-        pred = recombine_batch(batch, outputs["diffuse"], outputs["specular"])
-        return loss(pred, recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"]))
+        pred = recombine_batch(batch, outputs["diffuse"], outputs["specular"], predicted_colour)
+        return loss(pred, recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"],
+                                          target_colour))
     total = 0
     for component in ("diffuse", "specular"):
         reference = batch[f"{component}_reference"]
         shown = (outputs[component], reference)  # what tonemapping sees of this component
-        colour = batch.get(COMPONENT_COLOURS[component])
-        if colour is not None and loss.config.tonemapped_diffuse == "contribution":
-            shown = (colour * outputs[component], colour * reference)
+        colours = ((predicted_colour, target_colour) if component == "diffuse"
+                   else (batch.get(COMPONENT_COLOURS[component]),) * 2)
+        if colours[0] is not None and loss.config.tonemapped_diffuse == "contribution":
+            shown = (colours[0] * outputs[component], colours[1] * reference)
         if loss.config.component_space == "filtering":
             total = total + loss(outputs[f"{component}_space"], graph.to_space(component, reference), *shown)
         else:

@@ -42,7 +42,15 @@ from training.checkpoint import RunFolder, load_weights, write_json
 from training.config import Config, apply_override, config_from_dict, load_config, load_config_json
 from training.data import batch_stream, build_datasets, validation_batches
 from training.graph import build_graph
-from training.losses import POINTWISE, DenoiseLoss, psnr, recombine_batch, stage_loss, tonemap
+from training.losses import (
+    POINTWISE,
+    DenoiseLoss,
+    psnr,
+    recombine_batch,
+    reference_beauty,
+    stage_loss,
+    tonemap,
+)
 from training.optim import build_optimizer, build_scheduler, stage_at, stage_bounds
 
 VAL_KEYS = ("psnr", "noisy_psnr", "l1", "relmse")
@@ -91,8 +99,8 @@ def validate(graph: nn.Module, dataset, config: Config, device: torch.device) ->
     for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches):
         batch = {k: v.to(device).float() for k, v in batch.items()}
         out = graph.denoise(batch)
-        reference = recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"])
-        denoised = recombine_batch(batch, out["diffuse"], out["specular"])
+        reference = reference_beauty(batch)
+        denoised = recombine_batch(batch, out["diffuse"], out["specular"], out.get("diffuse_color"))
         noisy = recombine_batch(batch, batch["diffuse"], batch["specular"])
         scores["psnr"].append(psnr(denoised, reference, config.loss.tonemap))
         scores["noisy_psnr"].append(psnr(noisy, reference, config.loss.tonemap))

@@ -38,19 +38,23 @@ class MultiScaleKPUNet(nn.Module):
     ``predict_kernel``^2 kernels plus a blend weight at each level. ``predict_kernel`` is one size for
     every level or a list, finest first: the full-resolution level's kernel application is three quarters
     of all of it, so a 3x3 kernel there and 5x5 below cuts it by almost half. H and W must be multiples
-    of ``size_multiple`` = 2^(levels - 1)."""
+    of ``size_multiple`` = 2^(levels - 1).
+
+    ``signals`` > 1 filters that many images (``forward(features, first, second, ...)``), each with kernels
+    and blend weights of its own from the same features: the diffuse network filters its light and, for
+    models that denoise Diffuse Color, that colour (training/graph.py)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (16, 32, 64, 96),
                  kernel_size: int = 3, predict_kernel: int | list[int] = 5, encoder_convs: int = 2,
-                 decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0):
+                 decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0, signals: int = 1):
         super().__init__()
         widths = list(widths)
         sizes = [predict_kernel] * len(widths) if isinstance(predict_kernel, int) else list(predict_kernel)
         if (len(widths) < 2 or encoder_convs < 1 or decoder_convs < 1 or len(sizes) != len(widths)
-                or any(size % 2 != 1 for size in sizes)):
+                or any(size % 2 != 1 for size in sizes) or signals < 1):
             raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level and an odd predict_kernel "
                              "(one, or one per level)")
-        self.levels, self.predict_kernels = len(widths), sizes
+        self.levels, self.predict_kernels, self.signals = len(widths), sizes, signals
         self.size_multiple = 2 ** (self.levels - 1)
         self.pool = nn.AvgPool2d(2)
 
@@ -64,27 +68,45 @@ class MultiScaleKPUNet(nn.Module):
         self.projections = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1)
                                          for i in range(self.levels - 1))
         self.decoders = nn.ModuleList(stack(w, w, decoder_convs) for w in widths[:-1])
-        self.heads = nn.ModuleList(nn.Conv2d(w, sizes[i] ** 2 + (1 if i < self.levels - 1 else 0), 1)
+        self.heads = nn.ModuleList(nn.Conv2d(w, signals * self._head_rows(i), 1)
                                    for i, w in enumerate(widths))
         self.receptive_radius = self._radius()
 
+    def _head_rows(self, level: int) -> int:
+        """Logits one signal takes from a level's head: its kernel's taps, then a blend weight (not at
+        the coarsest level)."""
+        return self.predict_kernels[level] ** 2 + (1 if level < self.levels - 1 else 0)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Weights of a network with larger kernels at a level load into this one with their central
-        taps: the softmax over the central logits is the larger kernel conditioned on those taps, so a
-        fine-tune to smaller kernels starts from the trained network (training/configs/fast_k3.yaml)."""
+        """Two ways to start from weights of another shape (``train.py --init``):
+
+        * larger kernels at a level load with their central taps: the softmax over the central logits is
+          the larger kernel conditioned on those taps (training/configs/fast_k3.yaml);
+        * a one-signal network loads into a several-signal one, the extra signals starting as the
+          identity (a centre logit far above the rest, blend weights near 0), so the fine-tune starts
+          from the trained network's output (training/configs/fast_colour.yaml).
+        """
         for level, size in enumerate(self.predict_kernels):
             blend = 1 if level < self.levels - 1 else 0
+            rows = self._head_rows(level)
             for name in ("weight", "bias"):
                 key = f"{prefix}heads.{level}.{name}"
                 stored = state_dict.get(key)
-                if stored is None or stored.shape[0] <= size * size + blend:
+                if stored is None:
                     continue
                 larger = math.isqrt(stored.shape[0] - blend)
-                if larger * larger + blend != stored.shape[0] or larger % 2 != 1:
-                    continue  # not a kernel head of this design: the strict load reports the mismatch
-                offset = (larger - size) // 2
-                rows = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
-                state_dict[key] = stored[rows + list(range(larger * larger, stored.shape[0]))]
+                if stored.shape[0] > rows and larger * larger + blend == stored.shape[0] and larger % 2:
+                    offset = (larger - size) // 2
+                    taps = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
+                    stored = stored[taps + list(range(larger * larger, stored.shape[0]))]
+                if stored.shape[0] == rows and self.signals > 1:
+                    extra = stored.new_zeros((rows * (self.signals - 1), *stored.shape[1:]))
+                    if name == "bias":
+                        identity = extra.view(self.signals - 1, rows)
+                        identity[:, size * size // 2] = 8.0  # softmax weight 0.99 on the centre of 5x5
+                        identity[:, size * size:] = -4.0     # blend weight 0.02
+                    stored = torch.cat([stored, extra])
+                state_dict[key] = stored
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _radius(self) -> int:
@@ -108,7 +130,10 @@ class MultiScaleKPUNet(nn.Module):
                 out = max(filtered + scale + 2 * scale, features[level], out + 2 * scale)
         return out
 
-    def forward(self, features: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor,
+                *signals: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if len(signals) != self.signals:
+            raise ValueError(f"this kpunet filters {self.signals} signal(s), got {len(signals)}")
         skips, x = [], features
         for level, encoder in enumerate(self.encoders):
             x = encoder(self.pool(x) if level else x)
@@ -118,18 +143,23 @@ class MultiScaleKPUNet(nn.Module):
             x = self.decoders[level](upsample(self.projections[level](x)) + skips[level])
             decoded.insert(0, x)
 
-        colors = [color]
-        for _ in range(self.levels - 1):
-            colors.append(self.pool(colors[-1]))
-        out = None
+        pyramids = []
+        for signal in signals:
+            pyramid = [signal]
+            for _ in range(self.levels - 1):
+                pyramid.append(self.pool(pyramid[-1]))
+            pyramids.append(pyramid)
+        outs: list[torch.Tensor | None] = [None] * self.signals
         for level in range(self.levels - 1, -1, -1):
-            size = self.predict_kernels[level]
+            size, rows = self.predict_kernels[level], self._head_rows(level)
             taps = size * size
             head = self.heads[level](decoded[level])
-            filtered = apply_kernels(colors[level], head[:, :taps], size)
-            if out is None:
-                out = filtered
-            else:
-                alpha = torch.sigmoid(head[:, taps:])
-                out = filtered + alpha * (upsample(out) - upsample(self.pool(filtered)))
-        return out
+            for index, pyramid in enumerate(pyramids):
+                logits = head[:, index * rows:(index + 1) * rows]
+                filtered = apply_kernels(pyramid[level], logits[:, :taps], size)
+                if outs[index] is None:
+                    outs[index] = filtered
+                else:
+                    alpha = torch.sigmoid(logits[:, taps:])
+                    outs[index] = filtered + alpha * (upsample(outs[index]) - upsample(self.pool(filtered)))
+        return outs[0] if self.signals == 1 else tuple(outs)

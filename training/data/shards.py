@@ -2,7 +2,8 @@
 
 Each item is the training-sample dict of docs/contract.md: float32 CHW tensors ``diffuse``, ``specular``,
 ``albedo``, ``normal``, ``depth``, ``diffuse_variance``, ``specular_variance``, ``diffuse_reference``,
-``specular_reference``, ``diffuse_color``; shards packed with ``--demodulate-specular`` add
+``specular_reference``, ``diffuse_color`` and (index version 3) ``diffuse_color_reference``; shards
+packed with ``--demodulate-specular`` add
 ``specular_color`` (their specular and specular reference are light: recombine with
 ``diffuse_color * diffuse + specular_color * specular``).
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 COLOUR = ("diffuse", "specular", "albedo", "diffuse_reference", "specular_reference", "diffuse_color",
-          "specular_color")
+          "specular_color", "diffuse_color_reference")
 # How the specular buffer was packed (training/datagen/pack.py): index key -> the pack option that sets it.
 # One dataset never mixes shards that differ in these.
 PACKING_FLAGS = {"denoise_residual": "--denoise-residual", "demodulate_specular": "--demodulate-specular"}

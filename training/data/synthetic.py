@@ -86,7 +86,8 @@ def make_sample(size: int, g: torch.Generator, spp_range=(2, 32), firefly_rate: 
     specular, specular_var = _noisy(specular_ref, 4.0, spp, g, firefly_rate)
     sample = {"diffuse": diffuse, "specular": specular, "albedo": albedo, "normal": normal, "depth": depth,
               "diffuse_variance": diffuse_var, "specular_variance": specular_var,
-              "diffuse_reference": diffuse_ref, "specular_reference": specular_ref, "diffuse_color": albedo}
+              "diffuse_reference": diffuse_ref, "specular_reference": specular_ref, "diffuse_color": albedo,
+              "diffuse_color_reference": albedo}
     return {key: value.float().contiguous() for key, value in sample.items()}
 
 

@@ -40,7 +40,7 @@ from training.datagen.quality import find_fireflies, luminance
 # Stored channels, in order. *_std are stored as standard deviations (fp16-safe); datasets square them.
 CHANNELS = (("diffuse", 3), ("specular", 3), ("albedo", 3), ("normal", 3), ("depth", 1),
             ("diffuse_std", 1), ("specular_std", 1), ("diffuse_reference", 3), ("specular_reference", 3),
-            ("diffuse_color", 3))
+            ("diffuse_color", 3), ("diffuse_color_reference", 3))
 RADIANCE = {"diffuse", "specular", "diffuse_std", "specular_std", "diffuse_reference", "specular_reference"}
 # Appended to CHANNELS in shards packed with --demodulate-specular (see channels_for).
 DEMODULATED_CHANNELS = (("specular_color", 3),)
@@ -73,6 +73,9 @@ def view_tensors(view_dir: Path, spp: int, ref, scale: float, denoise_residual: 
         # divided by the noisy render's colour (ones without demodulation): the target is light exactly
         # where, and as, the input is
         "diffuse_reference": ref.diffuse, "specular_reference": ref.specular / dm.specular_color,
+        # the reference's own colour: behind volumes the render's Diffuse Color is noisy, and models that
+        # denoise it (graph.denoise_diffuse_color) are held to this one
+        "diffuse_color_reference": ref.diffuse_color,
     }
     stack = [parts[name] * (scale if name in RADIANCE else 1.0)
              for name, _count in channels_for(demodulate_specular)]
@@ -125,8 +128,9 @@ def exposure_scale(ref_rgb: np.ndarray, rng: np.random.Generator) -> float:
 
 
 # Version 2: the diffuse light holds the per-sample colour covariance (denoiser_core.passes, "fold").
-# Packing adds views to a folder incrementally, and one folder must not mix the two decompositions.
-INDEX_VERSION = 2
+# Version 3: the reference's Diffuse Color is stored too (diffuse_color_reference).
+# Packing adds views to a folder incrementally, and one folder must not mix the layouts.
+INDEX_VERSION = 3
 
 
 def load_index(folder: Path, patch: int | None, denoise_residual: bool = False,
