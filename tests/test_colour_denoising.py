@@ -53,7 +53,8 @@ def test_the_loss_holds_a_colour_model_to_the_reference_colour_and_trains_its_co
     batch = {"diffuse_reference": torch.full(shape, 0.8), "specular_reference": torch.full(shape, 0.05),
              "diffuse_color": noisy_colour, "diffuse_color_reference": torch.full(shape, 0.3)}
     colour = noisy_colour.clone().requires_grad_(True)
-    outputs = {"diffuse": torch.full(shape, 0.8), "specular": torch.full(shape, 0.05), "diffuse_color": colour}
+    outputs = {"diffuse": torch.full(shape, 0.8), "specular": torch.full(shape, 0.05),
+               "diffuse_color": colour}
     outputs.update({f"{c}_space": graph.to_space(c, outputs[c]) for c in ("diffuse", "specular")})
     predicted, target = diffuse_colours(batch, outputs)
     assert predicted is colour and target is batch["diffuse_color_reference"]

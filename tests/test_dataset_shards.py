@@ -71,8 +71,8 @@ def test_patch_values_match_the_exr_decomposition(packed):
     expected = parts.diffuse[window].transpose(2, 0, 1) * meta["scale"]
     np.testing.assert_allclose(sample["diffuse"].numpy(), expected, rtol=2e-3, atol=1e-3 * meta["scale"])
     np.testing.assert_allclose(sample["normal"].numpy(), parts.normal[window].transpose(2, 0, 1), atol=2e-3)
-    np.testing.assert_allclose(sample["diffuse_color"].numpy(), parts.diffuse_color[window].transpose(2, 0, 1),
-                               atol=2e-3)
+    colour = parts.diffuse_color[window].transpose(2, 0, 1)
+    np.testing.assert_allclose(sample["diffuse_color"].numpy(), colour, atol=2e-3)
     # the reference's own colour, not the noisy render's (colour-denoising models are held to it)
     reference_colour = decompose(read_passes(str(view / "reference.exr"))).diffuse_color[window]
     np.testing.assert_allclose(sample["diffuse_color_reference"].numpy(), reference_colour.transpose(2, 0, 1),
