@@ -235,5 +235,16 @@ def test_kpunet_takes_a_kernel_size_per_level_and_loads_larger_kernels_by_their_
         torch.testing.assert_close(smaller(features, color), larger(features, color), atol=1e-6, rtol=0)
     with pytest.raises(RuntimeError, match="size mismatch"):  # the other way round is no kernel crop
         build_arch({**spec, "predict_kernel": [7, 5, 5]}, 6).load_state_dict(larger.state_dict())
+    # two signals (a colour-denoising diffuse network): each signal's kernels are cropped
+    two = build_arch({**spec, "signals": 2}, 6).eval()
+    with torch.no_grad():
+        two.heads[0].bias[[i + offset for offset in (0, 26) for i in outer]] = -1e4
+    two_smaller = build_arch({**spec, "predict_kernel": [3, 5, 5], "signals": 2}, 6).eval()
+    two_smaller.load_state_dict(two.state_dict())
+    other = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        pairs = zip(two_smaller(features, color, other), two(features, color, other), strict=True)
+        for got, expected in pairs:
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="one per level"):
         build_arch({**spec, "predict_kernel": [3, 5]}, 6)

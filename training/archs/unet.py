@@ -78,7 +78,7 @@ class MultiScaleKPUNet(nn.Module):
         return self.predict_kernels[level] ** 2 + (1 if level < self.levels - 1 else 0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Two ways to start from weights of another shape (``train.py --init``):
+        """Two ways to start from weights of another shape (``train.py --init``), combinable:
 
         * larger kernels at a level load with their central taps: the softmax over the central logits is
           the larger kernel conditioned on those taps (training/configs/fast_k3.yaml);
@@ -86,28 +86,38 @@ class MultiScaleKPUNet(nn.Module):
           identity (a centre logit far above the rest, blend weights near 0), so the fine-tune starts
           from the trained network's output (training/configs/fast_colour.yaml).
         """
-        for level, size in enumerate(self.predict_kernels):
-            blend = 1 if level < self.levels - 1 else 0
-            rows = self._head_rows(level)
+        for level in range(self.levels):
             for name in ("weight", "bias"):
                 key = f"{prefix}heads.{level}.{name}"
-                stored = state_dict.get(key)
-                if stored is None:
-                    continue
-                larger = math.isqrt(stored.shape[0] - blend)
-                if stored.shape[0] > rows and larger * larger + blend == stored.shape[0] and larger % 2:
-                    offset = (larger - size) // 2
-                    taps = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
-                    stored = stored[taps + list(range(larger * larger, stored.shape[0]))]
-                if stored.shape[0] == rows and self.signals > 1:
-                    extra = stored.new_zeros((rows * (self.signals - 1), *stored.shape[1:]))
-                    if name == "bias":
-                        identity = extra.view(self.signals - 1, rows)
-                        identity[:, size * size // 2] = 8.0  # softmax weight 0.99 on the centre of 5x5
-                        identity[:, size * size:] = -4.0     # blend weight 0.02
-                    stored = torch.cat([stored, extra])
-                state_dict[key] = stored
+                if key in state_dict:
+                    state_dict[key] = self._adapt_head(state_dict[key], level, name)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _adapt_head(self, stored: torch.Tensor, level: int, name: str) -> torch.Tensor:
+        size, rows = self.predict_kernels[level], self._head_rows(level)
+        blend = rows - size * size
+
+        def kernel_size_of(count: int) -> int | None:  # the odd k with count = k^2 + blend, if any
+            k = math.isqrt(max(count - blend, 0))
+            return k if k * k + blend == count and k % 2 else None
+
+        per_signal = stored.shape[0] // self.signals
+        stored_signals = (self.signals if stored.shape[0] % self.signals == 0 and kernel_size_of(per_signal)
+                          else 1)
+        chunks = list(stored.split(stored.shape[0] // stored_signals))
+        larger = kernel_size_of(chunks[0].shape[0])
+        if larger is None or larger < size:
+            return stored  # not a head of this design: the strict load reports the mismatch
+        offset = (larger - size) // 2
+        taps = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
+        chunks = [chunk[taps + list(range(larger * larger, chunk.shape[0]))] for chunk in chunks]
+        for _ in range(self.signals - len(chunks)):
+            extra = chunks[0].new_zeros(chunks[0].shape)
+            if name == "bias":
+                extra[size * size // 2] = 8.0  # softmax weight 0.99 on the centre of 5x5
+                extra[size * size:] = -4.0     # blend weight 0.02
+            chunks.append(extra)
+        return torch.cat(chunks)
 
     def _radius(self) -> int:
         """Conservative receptive radius in full-resolution pixels (checked against gradients in tests):
