@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tests.training_helpers import ALL_CONFIGS, CONFIGS, REPO, tiny_config
 from training.archs import ARCH_REGISTRY, build_arch
-from training.archs.blocks import GLOBAL_POOL_RADIUS, ChannelAttention
+from training.archs.blocks import GLOBAL_POOL_RADIUS, RCAB, ChannelAttention
 from training.archs.kernels import _apply_unfolded, apply_kernels
 from training.archs.summary import flops_per_megapixel, measured_receptive_radius
 from training.config import LossConfig, load_config, load_config_json
@@ -248,3 +248,19 @@ def test_kpunet_takes_a_kernel_size_per_level_and_loads_larger_kernels_by_their_
             torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="one per level"):
         build_arch({**spec, "predict_kernel": [3, 5]}, 6)
+
+
+def test_kpunet_attention_blocks_deepen_the_levels_and_start_as_the_identity_from_shallower_weights():
+    spec = {"type": "kpunet", "widths": [8, 16, 16], "norm": "batch"}
+    shallow = build_arch(spec, 6).eval()
+    deep = build_arch({**spec, "attention_blocks": [0, 1, 2]}, 6).eval()
+    assert sum(isinstance(m, RCAB) for m in deep.modules()) == 3
+    assert deep.receptive_radius > shallow.receptive_radius
+    features, color = torch.randn(2, 6, 16, 16), torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(deep(features, color), shallow(features, color))
+        deep.load_state_dict(shallow.state_dict())  # the blocks shallow lacks are added as the identity
+        torch.testing.assert_close(deep(features, color), shallow(features, color), atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="Missing key"):  # only whole kpunet weights are completed
+        partial = {k: v for k, v in shallow.state_dict().items() if not k.startswith("encoders.0")}
+        deep.load_state_dict(partial)

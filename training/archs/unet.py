@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.archs.blocks import ConvAct, radius_of
+from training.archs.blocks import RCAB, ConvAct, radius_of
 from training.archs.kernels import apply_kernels
 from training.archs.registry import register
 
@@ -40,20 +40,28 @@ class MultiScaleKPUNet(nn.Module):
     of all of it, so a 3x3 kernel there and 5x5 below cuts it by almost half. H and W must be multiples
     of ``size_multiple`` = 2^(levels - 1).
 
+    ``attention_blocks`` (one count, or one per level) appends residual channel-attention blocks (RCAB,
+    Zhang et al. 2018; local pooling over ``attention_window`` pixels of the level, so tiling stays exact)
+    to each level's encoder: KPRCAN's blocks inside the multi-scale kernel predictor, most cheaply at the
+    coarse levels, where a pixel costs 1/4^level of a full-resolution one.
+
     ``signals`` > 1 filters that many images (``forward(features, first, second, ...)``), each with kernels
     and blend weights of its own from the same features: the diffuse network filters its light and, for
     models that denoise Diffuse Color, that colour (training/graph.py)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (16, 32, 64, 96),
                  kernel_size: int = 3, predict_kernel: int | list[int] = 5, encoder_convs: int = 2,
-                 decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0, signals: int = 1):
+                 decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0, signals: int = 1,
+                 attention_blocks: int | list[int] = 0, reduction: int = 16, attention_window: int = 5):
         super().__init__()
         widths = list(widths)
         sizes = [predict_kernel] * len(widths) if isinstance(predict_kernel, int) else list(predict_kernel)
+        blocks = ([attention_blocks] * len(widths) if isinstance(attention_blocks, int)
+                  else list(attention_blocks))
         if (len(widths) < 2 or encoder_convs < 1 or decoder_convs < 1 or len(sizes) != len(widths)
-                or any(size % 2 != 1 for size in sizes) or signals < 1):
-            raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level and an odd predict_kernel "
-                             "(one, or one per level)")
+                or any(size % 2 != 1 for size in sizes) or signals < 1 or len(blocks) != len(widths)):
+            raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level, an odd predict_kernel and "
+                             "attention_blocks (each one, or one per level)")
         self.levels, self.predict_kernels, self.signals = len(widths), sizes, signals
         self.size_multiple = 2 ** (self.levels - 1)
         self.pool = nn.AvgPool2d(2)
@@ -63,8 +71,11 @@ class MultiScaleKPUNet(nn.Module):
                                    for i in range(n)])
 
         chain = [in_channels] + widths
-        self.encoders = nn.ModuleList(stack(chain[i], chain[i + 1], encoder_convs)
-                                      for i in range(self.levels))
+        self.encoders = nn.ModuleList(
+            nn.Sequential(*stack(chain[i], chain[i + 1], encoder_convs),
+                          *[RCAB(widths[i], kernel_size, reduction, "local", attention_window, norm, dropout)
+                            for _ in range(blocks[i])])
+            for i in range(self.levels))
         self.projections = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1)
                                          for i in range(self.levels - 1))
         self.decoders = nn.ModuleList(stack(w, w, decoder_convs) for w in widths[:-1])
@@ -91,7 +102,23 @@ class MultiScaleKPUNet(nn.Module):
                 key = f"{prefix}heads.{level}.{name}"
                 if key in state_dict:
                     state_dict[key] = self._adapt_head(state_dict[key], level, name)
+        self._add_identity_blocks(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _add_identity_blocks(self, state_dict, prefix: str) -> None:
+        """Attention blocks the loaded weights lack start as the identity: their second convolution
+        is zero, so x + body(x) = x and the network computes what the loaded one did (a fine-tune from
+        fast's weights to a deeper network, training/configs/quality.yaml)."""
+        if f"{prefix}encoders.0.0.0.weight" not in state_dict:
+            return  # not a whole kpunet's weights
+        for name, module in self.named_modules():
+            if not isinstance(module, RCAB) or any(k.startswith(f"{prefix}{name}.") for k in state_dict):
+                continue
+            for key, value in module.state_dict().items():
+                value = value.clone()
+                if key.startswith("body.1."):  # the convolution before the attention
+                    value.zero_()
+                state_dict[f"{prefix}{name}.{key}"] = value
 
     def _adapt_head(self, stored: torch.Tensor, level: int, name: str) -> torch.Tensor:
         size, rows = self.predict_kernels[level], self._head_rows(level)
