@@ -198,5 +198,6 @@ class MultiScaleKPUNet(nn.Module):
                     outs[index] = filtered
                 else:
                     alpha = torch.sigmoid(logits[:, taps:])
-                    outs[index] = filtered + alpha * (upsample(outs[index]) - upsample(self.pool(filtered)))
+                    # bilinear upsampling is linear: one upsampling of the coarse difference
+                    outs[index] = filtered + alpha * upsample(outs[index] - self.pool(filtered))
         return outs[0] if self.signals == 1 else tuple(outs)
