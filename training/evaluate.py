@@ -215,7 +215,8 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
     parts, truth = decompose(noisy, **flags), decompose(reference, **flags)
     model_terms = {"diffuse": result.outputs["diffuse_denoised"],
                    "specular": result.outputs["specular_denoised"], "specular_color": parts.specular_color,
-                   "residual": parts.residual, "diffuse_color": parts.diffuse_color}
+                   # the colour the core multiplied back: the render's, or a model's denoised one
+                   "residual": parts.residual, "diffuse_color": result.parts.diffuse_color}
     target = to_srgb(reference["combined"][..., :3])
 
     def score(terms: dict[str, np.ndarray]) -> float:  # the core's own recombination, terms swapped in
