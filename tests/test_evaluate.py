@@ -43,6 +43,10 @@ def test_evaluate_scores_noisy_oidn_and_a_model(cycles_exr, cycles_reference_exr
     assert "| 32 | oidn |" in table and "view-a" in table
     view_row = next(line for line in table.splitlines() if line.startswith("| view-a | 32 |"))
     assert len(view_row.split("|")) == 2 + 2 + 3 + 2  # view, spp, 3 methods, reference noise, fireflies
+    # per scene kind (this view has no scene.json: kind "?"), with the model's difference to OIDN
+    kind_row = next(line for line in table.splitlines() if line.startswith("| ? | 32 | 1 |"))
+    cells = [c.strip() for c in kind_row.split("|")[4:-1]]
+    assert float(cells[3]) == pytest.approx(psnr["test-guided"] - psnr["oidn"], abs=0.011)
     assert (tmp_path / "eval" / "crops.png").read_bytes().startswith(b"\x89PNG")
 
 

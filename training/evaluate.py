@@ -156,8 +156,8 @@ def evaluate(data: Path, model_names: list[str], spps: list[int] | None, use_oid
                 start = time.perf_counter()
                 results[name] = (denoiser.denoise(passes).beauty[..., :3], time.perf_counter() - start)
             for method, (image, seconds) in results.items():
-                rows.append({"view": view.name, "spp": spp, "method": method, "seconds": seconds,
-                             **all_metrics(image, reference)})
+                rows.append({"view": view.name, "kind": scene_kind(view), "spp": spp, "method": method,
+                             "seconds": seconds, **all_metrics(image, reference)})
             if spp == crop_spp or (crop_spp not in chosen and spp == chosen[len(chosen) // 2]):
                 y, x = crop_box(reference, 96)
                 window = [to_srgb(img[y:y + 96, x:x + 96]) for img, _ in results.values()]
@@ -195,7 +195,25 @@ def summarise(rows: list[dict], reference_checks: dict[str, tuple[float | None, 
         noise, fireflies = reference_checks.get(view, (None, float("nan")))
         lines.append(f"| {view} | {spp} | {cells} | {'n/a' if noise is None else f'{noise:.1f}'} "
                      f"| {fireflies:.2f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + kind_table(rows, methods)) + "\n"
+
+
+def kind_table(rows: list[dict], methods: list[str]) -> list[str]:
+    """Markdown lines: mean PSNR per scene kind (scene.json's ``kind``), spp and method, and each
+    method's difference to OIDN when OIDN was scored."""
+    per_kind: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        per_kind[(row.get("kind") or "?", row["spp"])][row["method"]].append(row["psnr"])
+    against = [m for m in methods if m not in ("noisy", "oidn")] if "oidn" in methods else []
+    lines = ["", "PSNR (dB) per scene kind (mean over its views)" + (", and each model minus OIDN" if against
+                                                                    else "") + ":", "",
+             "| kind | spp | views | " + " | ".join(methods + [f"{m} − oidn" for m in against]) + " |",
+             "|---|---|---|" + "---|" * (len(methods) + len(against))]
+    for (kind, spp), values in sorted(per_kind.items()):
+        means = {m: float(np.mean(values[m])) if values.get(m) else float("nan") for m in methods}
+        cells = [f"{means[m]:.2f}" for m in methods] + [f"{means[m] - means['oidn']:+.2f}" for m in against]
+        lines.append(f"| {kind} | {spp} | {len(values[methods[0]])} | " + " | ".join(cells) + " |")
+    return lines
 
 
 BUDGET_TERMS = ("diffuse", "specular", "residual", "diffuse_color")
