@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from denoiser_core import list_models, load_model, read_exr, write_exr  # noqa: E402
 from denoiser_core.exr import ExrImage, ExrPart, ExrPass  # noqa: E402
 from denoiser_core.inference import DEFAULT_TILE  # noqa: E402
+from denoiser_core.memory import keep_freed_memory  # noqa: E402
 from denoiser_core.pipeline import denoise_image  # noqa: E402
 
 PEAK_BUDGET_MIB = 4096  # target: a 3840x2160 frame on the CPU with default settings within 4 GiB
@@ -78,6 +79,7 @@ def synthesise(source: Path, width: int, height: int, target: Path) -> Path:
 def worker(method: str, frames: list[Path], tile: int, device: str) -> dict:
     """One method over ``frames`` in this process; returns seconds per frame (median) and the split."""
     totals, computes = [], []
+    keep_freed_memory()  # as the command line and the extension's worker do (for OIDN too: same process)
     denoiser = None if method == "oidn" else load_model(method, device)
     if denoiser is None:  # OIDN's device and filter are made outside the timer, as load_model makes ours
         import pyoidn

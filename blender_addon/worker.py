@@ -220,7 +220,9 @@ def _serve() -> int:
     sys.stdout = sys.stderr
     import denoiser_core as dc
     from denoiser_core import devices
+    from denoiser_core.memory import keep_freed_memory
 
+    keep_freed_memory()  # this process only denoises: freed buffers stay mapped for the next frame
     write_lock = threading.Lock()
 
     def send(message: dict) -> None:

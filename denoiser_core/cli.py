@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .devices import DEVICE_NAMES
 from .errors import DenoiserError, Terminated
 from .inference import DEFAULT_TILE
+from .memory import keep_freed_memory
 
 log = logging.getLogger("kprcan")
 
@@ -98,6 +99,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
+    keep_freed_memory()  # this process only denoises: freed buffers stay mapped for the next frame
     with _terminate_on_signals():
         try:  # the signals may also land while an error below is being reported
             return _run(args)

@@ -18,9 +18,16 @@ SHIPPED = sorted(MODELS.glob("*.onnx"))
 
 
 def test_the_fast_default_and_a_quality_preset_are_shipped():
+    from training.archs.blocks import RCAB
+    from training.config import load_config_json
+    from training.graph import build_graph
+
     names = {path.stem for path in SHIPPED}
     assert {"fast", "quality"} <= names, f"models/ holds {sorted(names)}"
-    assert read_model_info(MODELS / "quality.onnx").architecture == "kprcan"
+    # quality stays in the KPRCAN family: residual channel-attention blocks in a kernel-predicting network
+    quality = build_graph(load_config_json(MODELS / "quality.json"))
+    assert any(isinstance(module, RCAB) for module in quality.modules())
+    assert read_model_info(MODELS / "quality.onnx").architecture in ("kprcan", "kpunet")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

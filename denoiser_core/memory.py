@@ -1,0 +1,46 @@
+"""Allocator settings for the processes that denoise (the command line, the extension's worker).
+
+A 1080p frame's network buffers are a few hundred MB each. glibc serves blocks that large with a fresh
+``mmap`` and returns them to the system on ``free``, so every buffer of every run is zero-filled again
+page by page by the kernel: on a 2-core CPU the first 1080p frame of `fast` spent 3.3 s in the kernel
+(1.9 million page faults) of its 4.4 s in onnxruntime, and later frames still 0.7 s of 2.5 s. Taking such
+blocks from the heap and never trimming it keeps those pages mapped for the next buffer: 2.7 s for the
+first frame, 2.1 s for later ones (2026-11-27, ``mallopt`` as below; docs/experiments.md, question 17).
+The cost is that the process keeps its peak memory until it exits, as onnxruntime's own arena would.
+
+Process-wide, so a library does not do this behind its caller's back: the command line and the extension's
+worker call ``keep_freed_memory`` themselves. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): free heap at the top is kept up to 2 GiB
+
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Serve large blocks from the heap instead of ``mmap`` and keep freed heap memory mapped (glibc
+    only). Returns whether the settings are in force; calling it again changes nothing."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 (glibc has it, musl does not: its mallopt is a stub)
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
+    return _applied
