@@ -13,6 +13,7 @@ import numpy as np
 
 from .devices import CPU, providers_for, session_options
 from .errors import DenoiserError
+from .memory import release_freed_memory
 from .models import COLOUR_OUTPUT, KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
 from .native_output import captured_native_output
 from .passes import (
@@ -139,8 +140,13 @@ class Denoiser:
         height, width = parts.shape
         tile = int(tile) if int(tile) > AUTO_TILE else choose_tile(
             height, width, self.info.receptive_radius, self.info.size_multiple)
+        windows = (len(axis_spans(height, tile, self.info.receptive_radius, self.info.size_multiple))
+                   * len(axis_spans(width, tile, self.info.receptive_radius, self.info.size_multiple)))
+        # a frame in several windows hands each window's freed buffers back before the next one, so it
+        # peaks at one window's buffers (denoiser_core.memory)
+        run = self._run if windows == 1 else self._run_and_release
         try:
-            outputs = run_tiled(self._run, feeds, {name: KNOWN_OUTPUTS[name] for name in self.info.outputs},
+            outputs = run_tiled(run, feeds, {name: KNOWN_OUTPUTS[name] for name in self.info.outputs},
                                 tile, self.info.receptive_radius,
                                 self.info.size_multiple, progress, cancel)
         except MemoryError:
@@ -150,6 +156,12 @@ class Denoiser:
             nonfinite_inputs=sum(nonfinite.values()),
             seconds=time.perf_counter() - started,
         )
+
+    def _run_and_release(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._run(feeds)
+        finally:
+            release_freed_memory()
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(self.info.outputs)

@@ -1,12 +1,13 @@
 """Allocator settings for the processes that denoise (the command line, the extension's worker).
 
 A 1080p frame's network buffers are a few hundred MB each. glibc serves blocks that large with a fresh
-``mmap`` and returns them to the system on ``free``, so every buffer of every run is zero-filled again
-page by page by the kernel: on a 2-core CPU the first 1080p frame of `fast` spent 3.3 s in the kernel
-(1.9 million page faults) of its 4.4 s in onnxruntime, and later frames still 0.7 s of 2.5 s. Taking such
-blocks from the heap and never trimming it keeps those pages mapped for the next buffer: 2.7 s for the
-first frame, 2.1 s for later ones (2026-11-27, ``mallopt`` as below; docs/experiments.md, question 17).
-The cost is that the process keeps its peak memory until it exits, as onnxruntime's own arena would.
+``mmap`` and returns them to the system on ``free``, so every buffer is zero-filled again page by page by
+the kernel: on a 2-core CPU the first 1080p frame of a `fast` network spent 3.3 s in the kernel (1.9
+million page faults) of its 4.4 s in onnxruntime. Taking such blocks from the heap and not trimming it
+lets a run reuse the pages its earlier buffers freed: 2.7 s for that first frame (2026-11-27; the whole
+1080p frame, 6.2 -> 3.6 s). A frame denoised in several windows (4K) hands the freed pages back after each
+window (``release_freed_memory``), which keeps its peak at one window's buffers; a one-window frame keeps
+them for the next frame, so a process holds its peak until it exits, as onnxruntime's arena would.
 
 Process-wide, so a library does not do this behind its caller's back: the command line and the extension's
 worker call ``keep_freed_memory`` themselves. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
@@ -44,3 +45,12 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
     return _applied
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (``malloc_trim``) where ``keep_freed_memory`` is in
+    force. The inference core calls it after each window of a frame denoised in several windows (4K with
+    `fast`), so that such a frame peaks at one window's buffers, not at the heap's high-water mark; a frame
+    in one window (1080p) keeps its pages for the next frame."""
+    if _applied:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
