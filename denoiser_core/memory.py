@@ -25,12 +25,13 @@ M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): free heap at the top is kept up to 2 GiB
 
 _applied: bool | None = None
+_libc: ctypes.CDLL | None = None  # glibc, once the settings are in force
 
 
 def keep_freed_memory() -> bool:
     """Serve large blocks from the heap instead of ``mmap`` and keep freed heap memory mapped (glibc
     only). Returns whether the settings are in force; calling it again changes nothing."""
-    global _applied
+    global _applied, _libc
     if _applied is not None:
         return _applied
     _applied = False
@@ -44,6 +45,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
+    _libc = libc if _applied else None
     return _applied
 
 
@@ -52,5 +54,5 @@ def release_freed_memory() -> None:
     force. The inference core calls it after each window of a frame denoised in several windows (4K with
     `fast`), so that such a frame peaks at one window's buffers, not at the heap's high-water mark; a frame
     in one window (1080p) keeps its pages for the next frame."""
-    if _applied:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    if _libc is not None:
+        _libc.malloc_trim(0)

@@ -26,7 +26,7 @@ from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
 from training.archs.summary import parameter_count
 from training.checkpoint import RunFolder, atomic_write, load_weights, write_json
 from training.config import Config, load_config_json
-from training.graph import DenoiserGraph, build_graph, example_inputs
+from training.graph import DenoiserGraph, build_graph, example_inputs, first_convolution
 
 # onnxruntime's NCHWc block on the CPU: 16 channels with AVX-512, 8 with AVX2 (a multiple of 16 suits both)
 NCHWC_BLOCK = 16
@@ -71,7 +71,7 @@ def pad_input_channels(graph: DenoiserGraph, multiple: int = NCHWC_BLOCK) -> Den
         return graph
     padded = copy.deepcopy(graph)
     for net in padded.nets.values():
-        first = next(module for module in net.modules() if isinstance(module, nn.Conv2d))
+        _name, first = first_convolution(net)
         if first.in_channels != graph.feature_channels:
             raise ValueError(f"the first convolution of {type(net).__name__} takes {first.in_channels} "
                              f"channels, not the graph's {graph.feature_channels}")

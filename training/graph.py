@@ -48,6 +48,11 @@ def finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
+def first_convolution(network: nn.Module) -> tuple[str, nn.Conv2d]:
+    """(name, module) of the convolution that reads a component network's input features."""
+    return next((name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d))
+
+
 def set_layer_channels(module: nn.Module, channels: dict[str, list[int]]) -> None:
     """Give the layers ``channels`` names (paths in ``module``) these ``[in, out]`` channel counts: each
     convolution or batch norm is replaced by a fresh one of that size with its other settings kept. How a
@@ -92,9 +97,9 @@ class DenoiserGraph(nn.Module):
         self.log_space = {"diffuse": log_diffuse, "specular": True}
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
         architecture = {key: value for key, value in model.items() if key != "channels"}
-        signals = {"diffuse": 2} if self.denoise_diffuse_color else {}
-        self.nets = nn.ModuleDict({c: build_arch({**architecture, **({"signals": signals[c]} if c in signals
-                                                                      else {})}, self.feature_channels)
+        colour_net = {**architecture, "signals": 2}  # the diffuse network also filters Diffuse Color
+        self.nets = nn.ModuleDict({c: build_arch(colour_net if c == "diffuse" and self.denoise_diffuse_color
+                                                 else architecture, self.feature_channels)
                                    for c in COMPONENTS})
         if model.get("channels"):  # a pruned graph (training/prune.py)
             set_layer_channels(self, model["channels"])
@@ -107,9 +112,7 @@ class DenoiserGraph(nn.Module):
     def feature_channels(self) -> int:
         """Channels a component network sees (``_network_input``): its colour and the shared features,
         with their x and y differences when ``use_gradients``, and its variance when ``use_variance``."""
-        seen = INPUT_CHANNELS[COMPONENTS[0]] + sum(INPUT_CHANNELS[name] for name in self._feature_inputs)
-        variance = INPUT_CHANNELS[f"{COMPONENTS[0]}_variance"] if self.use_variance else 0
-        return seen * (3 if self.use_gradients else 1) + variance
+        return sum(self._input_blocks(sum(INPUT_CHANNELS[name] for name in self._feature_inputs)))
 
     @property
     def _feature_inputs(self) -> tuple[str, ...]:
@@ -139,7 +142,7 @@ class DenoiserGraph(nn.Module):
             with_colour = without + INPUT_CHANNELS["diffuse_color"]
             old_blocks, new_blocks = self._input_blocks(without), self._input_blocks(with_colour)
             for component, net in self.nets.items():
-                name = next(n for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+                name, _conv = first_convolution(net)
                 key = f"{prefix}nets.{component}.{name}.weight"
                 stored = state_dict.get(key)
                 if stored is None or stored.shape[1] != sum(old_blocks):  # the graph's own shape, or no match
