@@ -2,10 +2,10 @@
 
 A 1080p frame's network buffers are a few hundred MB each. glibc serves blocks that large with a fresh
 ``mmap`` and returns them to the system on ``free``, so every buffer is zero-filled again page by page by
-the kernel: on a 2-core CPU the first 1080p frame of a `fast` network spent 3.3 s in the kernel (1.9
-million page faults) of its 4.4 s in onnxruntime. Taking such blocks from the heap and not trimming it
-lets a run reuse the pages its earlier buffers freed: 2.7 s for that first frame (2026-11-27; the whole
-1080p frame, 6.2 -> 3.6 s). A frame denoised in several windows (4K) hands the freed pages back after each
+the kernel: on a 2-core CPU the first 1080p run of `fast` in onnxruntime spent 4.0 s of 4.9 s in the
+kernel (2.5 million page faults). Taking such blocks from the heap and not trimming it lets a run reuse
+the pages its earlier buffers freed: 2.9 s for that run (2026-11-27, idle machine; the whole first 1080p
+frame, 6.4 -> 4.5-5.0 s). A frame denoised in several windows (4K) hands the freed pages back after each
 window (``release_freed_memory``), which keeps its peak at one window's buffers; a one-window frame keeps
 them for the next frame, so a process holds its peak until it exits, as onnxruntime's arena would.
 

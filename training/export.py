@@ -65,7 +65,7 @@ def pad_input_channels(graph: DenoiserGraph, multiple: int = NCHWC_BLOCK) -> Den
     """A copy of ``graph`` whose networks' first convolutions take ``feature_channels`` rounded up to a
     multiple of ``multiple``, the extra channels with zero weights: the same outputs, and onnxruntime
     runs those full-resolution convolutions in its blocked (NCHWc) layout, about twice as fast (fast's
-    30 input channels: 150 -> 70 ms each on a 1080p frame, 2 CPU cores)."""
+    30 input channels: 155 -> 73-108 ms each on a 1080p frame, 2 CPU cores, onnxruntime's profiler)."""
     padding = -graph.feature_channels % multiple
     if not padding:
         return graph
