@@ -187,3 +187,20 @@ def test_stress_kinds_come_only_on_request():
     densities = [o["material"]["volume"]["density"] for o in fog["objects"] if "volume" in o["material"]]
     assert fog["kind"] == "fog" and densities and min(densities) >= 0.15
     assert make_scene(7, kind="dof")["camera"]["dof"]["fstop"] <= 1.2
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_glass_glossy_and_motion_kinds_hold_what_they_stress(seed):
+    """Stress training views: glass spheres in a box room, a rough-glossy floor under neon, strong motion
+    blur. Each spec must hold its stress whatever the seed draws."""
+    glass = make_scene(seed, kind="glass")
+    spheres = [o for o in glass["objects"] if o["material"].get("transmission") == 1.0]
+    assert spheres and all(o["mesh"] == "uv_sphere" for o in spheres)
+    assert glass["lights"][0]["type"] == "AREA" and glass["world"]["strength"] == 0.0
+    glossy = make_scene(seed, kind="glossy")
+    floor = glossy["objects"][0]["material"]
+    assert floor["roughness"] <= 0.3 and "metallic" not in floor
+    assert sum(o["material"].get("emission_strength", 0) > 0 for o in glossy["objects"]) >= 3
+    motion = make_scene(seed, kind="motion")
+    assert motion["motion_blur"]["shutter"] >= 0.3  # 0.5-1.0, or 0.3-1.0 where the extras move props too
+    assert sum("motion" in o for o in motion["objects"]) >= 2

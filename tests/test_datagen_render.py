@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from denoiser_core.passes import PASS_TABLE, decompose
+from tests.conftest import RENDER_CACHE
 from training.datagen.exr_io import exr_channel_names, exr_part_count, read_passes
 from training.datagen.launch import render_cached
 from training.datagen.quality import find_fireflies
+from training.datagen.scene_kinds import make_scene
 
 # Passes Cycles writes with denoising_store_passes but the denoiser off: everything except Noisy Image,
 # and except the Vector pass, which datagen does not enable (its views do not move).
@@ -84,3 +86,27 @@ def test_firefly_detection_flags_isolated_spikes_only(cycles_reference_exr):
     assert after[10, 20] and not before[10, 20]
     assert not after[30:33, 40:43].any()
     assert (after & ~before).sum() == 1
+
+
+@pytest.mark.parametrize("kind", ["glass", "glossy", "motion"])
+def test_stress_kinds_render_what_they_stress(kind):
+    """The glass, glossy and motion stress kinds through a real Cycles render (32x32, 8 spp): glass shows
+    transmitted light, the night street is mostly glossy light (reflected neon), and the moving props
+    blur: the motion view differs from the same scene with its shutter closed."""
+    scene = make_scene(3, (32, 32), kind=kind)
+    passes = read_passes(str(render_cached(scene, samples=8, seed=1, cache_dir=RENDER_CACHE, name=kind)))
+    assert all(np.isfinite(image).all() for image in passes.values())
+
+    def mean(*names):
+        return float(sum(passes[name][..., :3].mean() for name in names))
+
+    if kind == "glass":
+        transmitted = passes["transmission_direct"] + passes["transmission_indirect"]
+        assert (transmitted[..., :3].max(-1) > 0.01).mean() > 0.02
+    elif kind == "glossy":
+        assert mean("emission") > 0 and mean("glossy_direct", "glossy_indirect") > mean(
+            "diffuse_direct", "diffuse_indirect")
+    else:
+        still = read_passes(str(render_cached({**scene, "motion_blur": None}, samples=8, seed=1,
+                                              cache_dir=RENDER_CACHE, name="motion-still")))
+        assert np.abs(still["combined"] - passes["combined"]).mean() > 0.01

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", type=int, nargs="+", default=[], help="frames to pick from (--blend)")
     r.add_argument("--kinds", nargs="+", default=[], choices=KINDS + STRESS_KINDS, metavar="KIND",
                    help=f"procedural scene kinds in turn, one per view ({', '.join(KINDS + STRESS_KINDS)}; "
-                        f"{' and '.join(STRESS_KINDS)} only on request); "
+                        f"{', '.join(STRESS_KINDS)} only on request); "
                         "default: drawn from each view's seed")
     r.add_argument("--python", default=None, help="interpreter with pip bpy (default: this one)")
     r.add_argument("--log", type=Path, default=None, help="log file (default: OUT/datagen.log)")

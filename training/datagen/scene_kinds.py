@@ -149,8 +149,97 @@ def dof(rng: random.Random) -> dict:
     return scene
 
 
+def glass(rng: random.Random) -> dict:
+    """An open-fronted box room (Cornell-like: coloured side walls, a light under the ceiling) holding glass
+    spheres and diffuse boxes: caustics, refracted speckle inside the glass, dim indirectly lit walls."""
+    w, d, h = rng.uniform(2.0, 3.0), rng.uniform(2.0, 3.0), rng.uniform(2.0, 2.8)
+    t = 0.05
+    white, left, right = (make_material(rng, "diffuse") for _ in range(3))
+    white.update(base_color=_color(rng, 0.6, 0.85))
+    left.update(base_color=_vec(rng.uniform(0.4, 0.8), rng.uniform(0.02, 0.15), rng.uniform(0.02, 0.15)))
+    right.update(base_color=_vec(rng.uniform(0.02, 0.15), rng.uniform(0.3, 0.7), rng.uniform(0.02, 0.2)))
+    for material in (white, left, right):  # plain walls: the blotches to avoid show on flat colour
+        material.pop("texture", None)
+        material.pop("bump", None)
+        material.pop("normal_map", None)
+    objects = [_box((0, 0, -t), (w / 2, d / 2, t), white), _box((0, 0, h + t), (w / 2, d / 2, t), white),
+               _box((0, d / 2 + t, h / 2), (w / 2, t, h / 2), white),
+               _box((-w / 2 - t, 0, h / 2), (t, d / 2, h / 2), left),
+               _box((w / 2 + t, 0, h / 2), (t, d / 2, h / 2), right)]
+    # one prop per slot (two rows of two), so that no box swallows a sphere: glass first
+    slots = [(x * w / 4, y) for y in (-d / 5, d / 4) for x in (-1, 1)]
+    rng.shuffle(slots)
+    spheres, boxes = rng.randint(1, 2), rng.randint(0, 2)
+    for x, y in slots[:spheres]:
+        s = rng.uniform(0.25, 0.42)
+        objects.append({"mesh": "uv_sphere", "scale": _vec(s, s, s), "smooth": True, "modifiers": [],
+                        "location": _vec(x, y, s), "rotation": _vec(0, 0, 0),
+                        "material": make_material(rng, "glass")})
+    for x, y in slots[spheres:spheres + boxes]:
+        s = rng.uniform(0.18, 0.32)
+        objects.append(_box((x, y, s), (s, s, s), make_material(rng, "diffuse")))
+    light = {"type": "AREA", "location": _vec(0, 0, h - 0.02), "target": [0, 0, 0],
+             "color": _vec(1, 0.85, 0.7), "energy": _r(rng.uniform(60, 250)),
+             "size": _r(rng.uniform(0.3, 0.8)), "size_y": _r(rng.uniform(0.3, 0.8))}
+    cam = {"location": _vec(rng.uniform(-0.2, 0.2), -d / 2 - rng.uniform(2.5, 4.0),
+                            h / 2 + rng.uniform(-0.2, 0.2)),
+           "target": _vec(0, 0, h / 2 - 0.1), "lens": _r(rng.uniform(30, 45))}
+    world = {"type": "color", "color": _vec(0, 0, 0), "strength": 0.0}
+    return {"world": world, "lights": [light], "objects": objects, "camera": cam}
+
+
+def glossy(rng: random.Random) -> dict:
+    """A night street: a wet, rough-glossy floor reflecting emissive neon tubes and lit facades, a dark
+    sky. Glossy light (Glossy Direct/Indirect) is most of the image, blurred by the floor's roughness."""
+    floor = make_material(rng, rng.choice(["plastic", "coated"]))
+    floor.update(base_color=_color(rng, 0.02, 0.2), roughness=_r(rng.uniform(0.03, 0.3)))
+    objects = [{"mesh": "plane", "scale": _vec(30, 30, 1), "material": floor}]
+    for side in (-1, 1):  # facades along the street
+        for i in range(rng.randint(2, 4)):
+            height = rng.uniform(2, 6)
+            objects.append(_box((side * rng.uniform(3, 4.5), -4 + 3.5 * i, height / 2),
+                                (rng.uniform(0.5, 1.2), rng.uniform(1, 1.6), height / 2),
+                                make_material(rng, rng.choice(["diffuse", "diffuse", "plastic"]))))
+    for _ in range(rng.randint(3, 7)):  # neon tubes: thin emissive bars on the facades and on posts
+        hue = rng.choice([(1.0, 0.1, 0.6), (0.1, 0.6, 1.0), (1.0, 0.4, 0.05), (0.3, 1.0, 0.3),
+                          (0.7, 0.2, 1.0)])
+        neon = {"base_color": _vec(*hue), "emission": _vec(*hue), "emission_strength": _r(rng.uniform(5, 40))}
+        length, r = rng.uniform(0.4, 1.6), rng.uniform(0.015, 0.04)
+        vertical = rng.random() < 0.4
+        objects.append({"mesh": "cylinder", "smooth": True, "modifiers": [], "material": neon,
+                        "scale": _vec(r, r, length / 2),
+                        "location": _vec(rng.choice([-1, 1]) * rng.uniform(2.3, 3.0), rng.uniform(-4, 6),
+                                         rng.uniform(1.0, 3.5)),
+                        "rotation": _vec(0 if vertical else math.pi / 2, 0, rng.uniform(0, math.pi))})
+    for _ in range(rng.randint(0, 3)):  # props on the street
+        objects.append(make_object(rng, (0, 0), 2.0, size=(0.2, 0.5)))
+    lights = [] if rng.random() < 0.5 else [local_light(rng, [0, 2, 0], 2.0)]
+    world = {"type": "color", "color": _vec(0.02, 0.03, 0.08), "strength": _r(rng.uniform(0.0, 0.6))}
+    cam = {"location": _vec(rng.uniform(-1, 1), -7 - rng.uniform(0, 2), rng.uniform(0.3, 1.8)),
+           "target": _vec(rng.uniform(-0.5, 0.5), 4, rng.uniform(0.5, 1.5)), "lens": _r(rng.uniform(24, 50))}
+    return {"world": world, "lights": lights, "objects": objects, "camera": cam}
+
+
+def motion(rng: random.Random) -> dict:
+    """A studio or interior set with strong motion blur: several props moving fast during an open
+    shutter, often a moving camera as well (blurred edges, smeared guides)."""
+    scene = (studio if rng.random() < 0.6 else interior)(rng)
+    props = [o for o in scene["objects"]
+             if o["mesh"] != "plane" and max(o["scale"]) <= 1.01 * min(o["scale"])]  # not walls or floor
+    for obj in rng.sample(props, min(len(props), rng.randint(2, 4))):
+        obj["motion"] = {"location_delta": _vec(rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8),
+                                                rng.uniform(-0.2, 0.2)),
+                         "rotation_delta": _vec(0, 0, rng.uniform(-1.5, 1.5))}
+    if rng.random() < 0.5:
+        scene["camera"]["motion"] = {"location_delta": _vec(rng.uniform(-0.25, 0.25), 0,
+                                                            rng.uniform(-0.1, 0.1))}
+    scene["motion_blur"] = {"shutter": _r(rng.uniform(0.5, 1.0))}
+    return scene
+
+
 BUILDERS = {"interior": interior, "exterior": exterior, "studio": studio, "caustics": caustics,
-            "volume": volume, "closeup": closeup, "fog": fog, "dof": dof}
+            "volume": volume, "closeup": closeup, "fog": fog, "dof": dof,
+            "glass": glass, "glossy": glossy, "motion": motion}
 assert set(BUILDERS) == set(KINDS) | set(STRESS_KINDS)
 
 

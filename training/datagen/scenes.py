@@ -11,8 +11,8 @@ import random
 
 KINDS = ("interior", "exterior", "studio", "caustics", "volume", "closeup")
 # Kinds that stress what the networks see least: never drawn at random (so every seed's scene of KINDS
-# stays as it was), rendered on request with ``render --kinds`` for test views.
-STRESS_KINDS = ("fog", "dof")
+# stays as it was), rendered on request with ``render --kinds`` (test views, stress training views).
+STRESS_KINDS = ("fog", "dof", "glass", "glossy", "motion")
 PRIMITIVES = ("cube", "uv_sphere", "ico_sphere", "cylinder", "cone", "torus", "monkey")
 TEXTURES = ("noise", "voronoi", "checker", "wave", "brick", "image")
 
