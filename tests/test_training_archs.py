@@ -265,3 +265,25 @@ def test_kpunet_attention_blocks_deepen_the_levels_and_start_as_the_identity_fro
     with pytest.raises(RuntimeError, match="Missing key"):  # only whole kpunet weights are completed
         partial = {k: v for k, v in shallow.state_dict().items() if not k.startswith("encoders.0")}
         deep.load_state_dict(partial)
+
+
+def test_kpunet_loads_narrower_weights_into_wider_levels_and_starts_as_the_narrow_network():
+    """quality_wide.yaml: full-resolution channels 16 -> 32 from trained weights. The added channels are
+    computed (random weights, batch norm) but every convolution reading them has zero weights there."""
+    spec = {"type": "kpunet", "widths": [8, 8, 16], "norm": "batch", "attention_blocks": [0, 1, 1]}
+    narrow = build_arch(spec, 6)
+    with torch.no_grad():  # trained-looking batch-norm statistics, so that eval mode is not the identity
+        for module in narrow.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    narrow.eval()
+    wide = build_arch({**spec, "widths": [16, 12, 16]}, 6).eval()
+    features, color = torch.randn(2, 6, 16, 16), torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(wide(features, color), narrow(features, color))
+        wide.load_state_dict(narrow.state_dict())
+        torch.testing.assert_close(wide(features, color), narrow(features, color))
+        assert wide.encoders[0][0][0].weight.shape[0] == 16  # the wider shapes are kept
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a wider stored tensor is not cropped
+        narrow.load_state_dict(wide.state_dict())

@@ -95,7 +95,9 @@ class MultiScaleKPUNet(nn.Module):
           the larger kernel conditioned on those taps (training/configs/fast_k3.yaml);
         * a one-signal network loads into a several-signal one, the extra signals starting as the
           identity (a centre logit far above the rest, blend weights near 0), so the fine-tune starts
-          from the trained network's output (training/configs/fast_colour.yaml).
+          from the trained network's output (training/configs/fast_colour.yaml);
+        * a narrower network loads into a wider one (``_grow``): the added channels are computed but
+          read by nothing yet, so step 0 is the narrow network (training/configs/quality_wide.yaml).
         """
         for level in range(self.levels):
             for name in ("weight", "bias"):
@@ -103,7 +105,26 @@ class MultiScaleKPUNet(nn.Module):
                 if key in state_dict:
                     state_dict[key] = self._adapt_head(state_dict[key], level, name)
         self._add_identity_blocks(state_dict, prefix)
+        self._grow(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _grow(self, state_dict, prefix: str) -> None:
+        """Stored tensors smaller than this network's in some dimensions fill the leading part of its
+        own (freshly initialised) tensors. A convolution's weights on added *input* channels are zeroed,
+        so the added output channels of the layer before (and their batch norm) change nothing."""
+        own = self.state_dict()
+        for local, target in own.items():
+            key = prefix + local
+            stored = state_dict.get(key)
+            if (stored is None or stored.shape == target.shape or stored.dim() != target.dim()
+                    or any(s > t for s, t in zip(stored.shape, target.shape, strict=True))
+                    or (local.startswith("heads.") and stored.shape[0] != target.shape[0])):
+                continue  # (a head's rows are kernel taps, not channels: only _adapt_head changes them)
+            grown = target.detach().clone()
+            if grown.dim() == 4:
+                grown[:, stored.shape[1]:] = 0
+            grown[tuple(slice(0, n) for n in stored.shape)] = stored
+            state_dict[key] = grown
 
     def _add_identity_blocks(self, state_dict, prefix: str) -> None:
         """Attention blocks the loaded weights lack start as the identity: their second convolution
