@@ -287,3 +287,5 @@ def test_kpunet_loads_narrower_weights_into_wider_levels_and_starts_as_the_narro
         assert wide.encoders[0][0][0].weight.shape[0] == 16  # the wider shapes are kept
     with pytest.raises(RuntimeError, match="size mismatch"):  # a wider stored tensor is not cropped
         narrow.load_state_dict(wide.state_dict())
+    with pytest.raises(RuntimeError, match="size mismatch"):  # input features are the graph's layout
+        build_arch({**spec, "widths": [16, 12, 16]}, 7).load_state_dict(narrow.state_dict())

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
+from training.archs.blocks import first_convolution
 from training.archs.summary import parameter_count
 from training.checkpoint import RunFolder, atomic_write, load_weights, write_json
 from training.config import Config, load_config_json
-from training.graph import DenoiserGraph, build_graph, example_inputs, first_convolution
+from training.graph import DenoiserGraph, build_graph, example_inputs
 
 # onnxruntime's NCHWc block on the CPU: 16 channels with AVX-512, 8 with AVX2 (a multiple of 16 suits both)
 NCHWC_BLOCK = 16

@@ -35,6 +35,7 @@ from torch import nn
 from denoiser_core.models import COLOUR_OUTPUT  # models with denoise_diffuse_color
 from denoiser_core.models import KNOWN_INPUTS as INPUT_CHANNELS  # the contract's inputs: name -> channels
 from training.archs import build_arch
+from training.archs.blocks import first_convolution
 
 COMPONENTS = ("diffuse", "specular")
 FEATURE_INPUTS = ("albedo", "normal", "depth")
@@ -46,11 +47,6 @@ def finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
     dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
     return dx, dy
-
-
-def first_convolution(network: nn.Module) -> tuple[str, nn.Conv2d]:
-    """(name, module) of the convolution that reads a component network's input features."""
-    return next((name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d))
 
 
 def set_layer_channels(module: nn.Module, channels: dict[str, list[int]]) -> None:

@@ -18,6 +18,11 @@ GLOBAL_POOL_RADIUS = 256
 POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.Dropout2d, nn.Identity)
 
 
+def first_convolution(network: nn.Module) -> tuple[str, nn.Conv2d]:
+    """(name, module) of the convolution that reads a network's input features."""
+    return next((name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d))
+
+
 def radius_of(*modules: nn.Module) -> int:
     """Radius of ``modules`` applied one after the other: a block's ``radius``, a convolution's half
     size, the sum along a Sequential, 0 for pointwise layers; anything else is an error, not a guess."""

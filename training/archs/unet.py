@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.archs.blocks import RCAB, ConvAct, radius_of
+from training.archs.blocks import RCAB, ConvAct, first_convolution, radius_of
 from training.archs.kernels import apply_kernels
 from training.archs.registry import register
 
@@ -111,20 +111,22 @@ class MultiScaleKPUNet(nn.Module):
     def _grow(self, state_dict, prefix: str) -> None:
         """Stored tensors smaller than this network's in some dimensions fill the leading part of its
         own (freshly initialised) tensors. A convolution's weights on added *input* channels are zeroed,
-        so the added output channels of the layer before (and their batch norm) change nothing."""
-        own = self.state_dict()
-        for local, target in own.items():
-            key = prefix + local
-            stored = state_dict.get(key)
+        so the added output channels of the layer before (and their batch norm) change nothing. Two
+        dimensions are not channel counts and never grow here: a head's rows (kernel taps, _adapt_head)
+        and the input convolution's inputs (the graph's feature layout, training/graph.py)."""
+        fixed = {"heads.": 0, f"{first_convolution(self)[0]}.weight": 1}  # name prefix -> fixed dimension
+        for local, target in self.state_dict().items():
+            stored = state_dict.get(prefix + local)
             if (stored is None or stored.shape == target.shape or stored.dim() != target.dim()
                     or any(s > t for s, t in zip(stored.shape, target.shape, strict=True))
-                    or (local.startswith("heads.") and stored.shape[0] != target.shape[0])):
-                continue  # (a head's rows are kernel taps, not channels: only _adapt_head changes them)
+                    or any(local.startswith(name) and stored.shape[dim] != target.shape[dim]
+                           for name, dim in fixed.items())):
+                continue  # the strict load reports what does not fit
             grown = target.detach().clone()
             if grown.dim() == 4:
                 grown[:, stored.shape[1]:] = 0
             grown[tuple(slice(0, n) for n in stored.shape)] = stored
-            state_dict[key] = grown
+            state_dict[prefix + local] = grown
 
     def _add_identity_blocks(self, state_dict, prefix: str) -> None:
         """Attention blocks the loaded weights lack start as the identity: their second convolution
