@@ -29,13 +29,21 @@ from .passes import (
     sanitize,
     sanitize_guide,
 )
-from .tiling import AUTO_TILE, axis_spans, choose_tile, round_up, run_tiled
+from .tiling import (
+    AUTO_TILE,
+    axis_spans,
+    check_output_shape,
+    choose_tile,
+    round_up,
+    run_tiled,
+    window_budget,
+)
 
 log = logging.getLogger("kprcan")
 
 VARIANCE_INPUTS = ("diffuse_variance", "specular_variance")
 # Tiles chosen per image (tiling.choose_tile): a 1080p frame runs as one window, larger frames in the
-# fewest pixels that keep each window within tiling.MAX_WINDOW_PIXELS. A number is the largest tile edge.
+# fewest pixels whose windows keep the frame within tiling.MEMORY_BUDGET. A number is the largest tile edge.
 DEFAULT_TILE = AUTO_TILE
 # How onnxruntime words a failed allocation (CPU arena, CUDA, std::bad_alloc).
 _ALLOCATION_FAILED = re.compile(r"failed to allocate|out of memory|bad.alloc|alloc_failed", re.IGNORECASE)
@@ -101,10 +109,16 @@ class Denoiser:
 
     def denoise(self, passes: dict[str, np.ndarray], tile: int = DEFAULT_TILE,
                 progress: Callable[[float], None] | None = None,
-                cancel: Callable[[], bool] | None = None, *, where: str = "") -> DenoiseResult:
+                cancel: Callable[[], bool] | None = None, *, where: str = "",
+                keep_parts: bool = True) -> DenoiseResult:
         """Denoise one view layer given as canonical name -> (H, W, C) float arrays (left unchanged: what
         the networks read is sanitised in copies, see passes.decompose). ``where`` names the render in
         warnings.
+
+        Without ``keep_parts`` a frame that runs in several windows (4K) is decomposed and recombined
+        window by window, and the result holds only the beauty and the two denoised parts (``parts``
+        None, ``outputs`` empty): the whole-frame decomposition is never held (~1 GiB at 4K), and the
+        pixels are the same. One-window frames (1080p) are decomposed whole either way.
 
         When ``noisy_image`` is present it is the noisy beauty (Blender's own denoiser then put its result
         in Combined), so it is decomposed instead of ``combined``. A model that outputs NaN/Inf is broken:
@@ -130,32 +144,78 @@ class Denoiser:
             log.warning("%s: %d NaN/Inf values in passes the denoiser reads, made finite for it (%s); the "
                         "passes themselves are kept as they are", where or "render", sum(nonfinite.values()),
                         listing)
-        parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular)
+        height, width = used["combined"].shape[:2]
+        radius, multiple = self.info.receptive_radius, self.info.size_multiple
+        if int(tile) <= AUTO_TILE:
+            # what this frame holds besides the windows: its passes (all of the layer, as a file's reader
+            # holds them) and the three outputs
+            frame_bytes = sum(np.asarray(a).nbytes for a in passes.values()) + 10 * 4 * height * width
+            tile = choose_tile(height, width, radius, multiple,
+                               window_budget(height, width, multiple, frame_bytes))
+        windows = (len(axis_spans(height, tile, radius, multiple))
+                   * len(axis_spans(width, tile, radius, multiple)))
+        fields = {"nonfinite_inputs": sum(nonfinite.values())}
+        try:
+            if windows > 1 and not keep_parts:
+                result = self._denoise_by_window(used, tile, progress, cancel, **fields)
+            else:
+                parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular)
+                # a frame in several windows hands each window's freed buffers back before the next
+                # one, so it peaks at one window's buffers (denoiser_core.memory)
+                run = self._run if windows == 1 else self._run_and_release
+                outputs = run_tiled(run, self._network_inputs(parts, used),
+                                    {name: KNOWN_OUTPUTS[name] for name in self.info.outputs},
+                                    tile, radius, multiple, progress, cancel)
+                result = DenoiseResult.from_parts(parts, outputs, **fields)
+        except MemoryError:
+            raise self._out_of_memory(height, width, tile) from None
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _network_inputs(self, parts: Decomposition, used: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs, (H, W, C) each, from a decomposition of ``used`` (the passes it read)."""
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
                   "normal": parts.normal, "depth": parts.depth, "diffuse_color": parts.diffuse_color}
         for name in VARIANCE_INPUTS:
             if name in used:
                 inputs[name] = sanitize_guide(name, used[name][..., :1])
-        feeds = {name: inputs[name] for name in self.info.inputs}
-        height, width = parts.shape
-        tile = int(tile) if int(tile) > AUTO_TILE else choose_tile(
-            height, width, self.info.receptive_radius, self.info.size_multiple)
-        windows = (len(axis_spans(height, tile, self.info.receptive_radius, self.info.size_multiple))
-                   * len(axis_spans(width, tile, self.info.receptive_radius, self.info.size_multiple)))
-        # a frame in several windows hands each window's freed buffers back before the next one, so it
-        # peaks at one window's buffers (denoiser_core.memory)
-        run = self._run if windows == 1 else self._run_and_release
-        try:
-            outputs = run_tiled(run, feeds, {name: KNOWN_OUTPUTS[name] for name in self.info.outputs},
-                                tile, self.info.receptive_radius,
-                                self.info.size_multiple, progress, cancel)
-        except MemoryError:
-            raise self._out_of_memory(height, width, tile) from None
-        return DenoiseResult.from_parts(
-            parts, outputs,
-            nonfinite_inputs=sum(nonfinite.values()),
-            seconds=time.perf_counter() - started,
-        )
+        return {name: inputs[name] for name in self.info.inputs}
+
+    def _denoise_by_window(self, used: dict[str, np.ndarray], tile: int,
+                           progress: Callable[[float], None] | None, cancel: Callable[[], bool] | None,
+                           **fields) -> DenoiseResult:
+        """denoise() of a frame in several windows, decomposing and recombining each window on its own.
+
+        The decomposition and recombination work pixel by pixel, so a window of the (reflection-padded)
+        passes decomposes to the same window of the whole-frame decomposition: the result is the same.
+        The results are planar ((C, H, W) storage behind (H, W, C) views), as EXR passes are stored, so
+        writing them back takes no copy."""
+        height, width = used["combined"].shape[:2]
+        planes = {name: np.empty((channels, height, width), np.float32)
+                  for name, channels in (("beauty", 4), ("diffuse", 3), ("specular", 3))}
+
+        def run_window(window: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            parts = decompose(window, self.info.denoise_residual, self.info.demodulate_specular)
+            feeds = {name: np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+                     for name, array in self._network_inputs(parts, window).items()}
+            window.clear()  # the window's passes (~50 channels) are not needed while the networks run
+            parts = _recombination_parts(parts)
+            release_freed_memory()  # the decomposition's buffers: onnxruntime's do not fit in them
+            outputs = self._run_and_release(feeds)
+            del feeds
+            shape = parts.residual.shape[:2]
+            for name, output in outputs.items():
+                check_output_shape(name, output, (1, KNOWN_OUTPUTS[name], *shape))
+            result = DenoiseResult.from_parts(parts, {name: output[0].transpose(1, 2, 0)
+                                                      for name, output in outputs.items()})
+            return {name: getattr(result, name).transpose(2, 0, 1)[None] for name in planes}
+
+        targets = {name: plane.transpose(1, 2, 0) for name, plane in planes.items()}
+        run_tiled(run_window, used, {name: plane.shape[0] for name, plane in planes.items()}, tile,
+                  self.info.receptive_radius, self.info.size_multiple, progress, cancel,
+                  channels_first=False, out=targets)
+        return DenoiseResult(beauty=targets["beauty"], diffuse=targets["diffuse"],
+                             specular=targets["specular"], **fields)
 
     def _run_and_release(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -204,6 +264,16 @@ class Denoiser:
         context = f", plus {radius} px of context on every side" if radius else ""
         return DenoiserError(f"out of memory running {name} on {w}x{h} px windows: try a smaller --tile "
                              f"(this run used {tile}{context})", exit_code=1)
+
+
+_NOT_KEPT = np.empty((0, 0, 0), np.float32)
+
+
+def _recombination_parts(parts: Decomposition) -> Decomposition:
+    """``parts`` with only what recombine() reads: the noisy light and the guides, which the networks
+    have in their own copies, are dropped (~13 channels of a window)."""
+    return replace(parts, diffuse=_NOT_KEPT, specular=_NOT_KEPT, albedo=_NOT_KEPT, normal=_NOT_KEPT,
+                   depth=_NOT_KEPT)
 
 
 def _hwc(array: np.ndarray) -> np.ndarray:

@@ -118,7 +118,9 @@ def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
 
         where = ": ".join(w for w in (str(image.path or ""), f"view layer {layer!r}" if layer else "") if w)
         canonical = image.canonical_passes(layer)
-        result = denoiser.denoise(canonical, tile, layer_progress, cancel, where=where)
+        # the per-frame parts are kept only for a refine hook that reads them (temporal mode)
+        result = denoiser.denoise(canonical, tile, layer_progress, cancel, where=where,
+                                 keep_parts=refine is not None)
         extra = {}
         if refine is not None:
             result, extra = refine(layer, canonical, result)

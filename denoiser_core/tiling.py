@@ -55,14 +55,31 @@ def axis_spans(length: int, tile: int, radius: int, multiple: int) -> list[Span]
 
 AUTO_TILE = 0  # a tile of 0 (or less) asks choose_tile for one
 # Largest window (core plus context) choose_tile aims for, in pixels. A 1080p frame padded for the shipped
-# models (1088 x 1920) fits in one window: no overlap is computed twice. onnxruntime holds ~0.7 KB per
-# window pixel for `fast` (~1.4 GiB here), which keeps a 4K frame, whose image and passes take ~2 GiB
-# themselves, under 4 GiB.
+# models (1088 x 1920) fits in one window: no overlap is computed twice.
 MAX_WINDOW_PIXELS = 2_100_000
 # ...unless the overlaps would then multiply the work: a model with a context of several hundred pixels
 # would need thousands of tiny cores to stay within the budget. Work is capped at this many times the
 # padded image's pixels, and memory gives way.
 MAX_WORK_FACTOR = 3.0
+# A frame that needs several windows anyway gets windows small enough that it stays within MEMORY_BUDGET
+# (window_budget). A window costs ~1.25 KB per pixel: onnxruntime's buffers (0.9-1.1 KB measured on both
+# shipped models, 2026-11-28; more in the first run of a window size) and the window's inputs. A 4K frame
+# with Cycles' passes in float32 takes ~2 GiB itself with its outputs, which leaves windows of ~0.7
+# megapixels. A frame of one window (1080p) is not split for memory: that would repeat work.
+MEMORY_BUDGET = 3 * 2**30
+WINDOW_BYTES_PER_PIXEL = 1250
+BASE_BYTES = 150 * 2**20  # the interpreter, numpy, onnxruntime and the model
+
+
+def window_budget(height: int, width: int, multiple: int, frame_bytes: int,
+                  memory_budget: int = MEMORY_BUDGET) -> int:
+    """The largest window, in pixels, for choose_tile: MAX_WINDOW_PIXELS for a frame that fits in one;
+    for a larger frame whose passes and outputs take ``frame_bytes``, windows that keep it within
+    ``memory_budget`` (choose_tile lets memory give way where that would multiply the work)."""
+    if round_up(height, multiple) * round_up(width, multiple) <= MAX_WINDOW_PIXELS:
+        return MAX_WINDOW_PIXELS
+    spare = memory_budget - BASE_BYTES - frame_bytes
+    return int(min(MAX_WINDOW_PIXELS, max(spare, 0) // WINDOW_BYTES_PER_PIXEL))
 
 
 def choose_tile(height: int, width: int, radius: int, multiple: int,
@@ -98,16 +115,23 @@ def reflect_indices(start: int, end: int, length: int) -> np.ndarray:
     return np.where(index >= length, period - index, index)
 
 
-def window_of(image: np.ndarray, ys: Span, xs: Span) -> np.ndarray:
-    """(1, C, h, w) float32 window of an (H, W, C) image, reflection-padded where it leaves the image."""
+def window_of(image: np.ndarray, ys: Span, xs: Span, channels_first: bool = True) -> np.ndarray:
+    """(1, C, h, w) float32 window of an (H, W, C) image, reflection-padded where it leaves the image.
+
+    With ``channels_first`` False an (h, w, C) window, read-only: a view of the image where the window
+    lies inside it (no copy of ~50 passes per window), else a copy."""
     height, width = image.shape[:2]
+    planes = image.transpose(2, 0, 1)  # contiguous when the image is a view of planar (EXR) storage
     if ys.window_end <= height and xs.window_end <= width:
-        block = image[ys.window_start:ys.window_end, xs.window_start:xs.window_end]
+        block = planes[:, ys.window_start:ys.window_end, xs.window_start:xs.window_end]
     else:
-        rows = reflect_indices(ys.window_start, ys.window_end, height)
-        cols = reflect_indices(xs.window_start, xs.window_end, width)
-        block = image[rows[:, None], cols[None, :]]
-    return np.ascontiguousarray(block.transpose(2, 0, 1)[None], dtype=np.float32)
+        block = planes.take(reflect_indices(ys.window_start, ys.window_end, height), axis=1)
+        block = block.take(reflect_indices(xs.window_start, xs.window_end, width), axis=2)
+    if channels_first:
+        return np.ascontiguousarray(block[None], dtype=np.float32)
+    block = block.astype(np.float32, copy=False).transpose(1, 2, 0)
+    block.flags.writeable = False
+    return block
 
 
 def run_tiled(
@@ -119,26 +143,31 @@ def run_tiled(
     multiple: int,
     progress: Callable[[float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    *,
+    channels_first: bool = True,
+    out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``run`` (NCHW feeds -> NCHW outputs) over tiles of ``inputs`` ((H, W, C) arrays of one size).
 
-    Returns (H, W, C) float32 outputs, finite everywhere (NaN/Inf a network produces become 0). A ``tile``
-    of AUTO_TILE (0) or less is chosen by ``choose_tile``.
+    Returns (H, W, C) float32 outputs, finite everywhere (NaN/Inf a network produces become 0), written
+    into ``out`` when given ((H, W, C) arrays, views of planar storage allowed). A ``tile`` of AUTO_TILE
+    (0) or less is chosen by ``choose_tile``. With ``channels_first`` False ``run`` gets (h, w, C)
+    windows; it is handed the only reference to its feeds, so it may drop them before its heavy work.
     """
     height, width = next(iter(inputs.values())).shape[:2]
     if tile <= AUTO_TILE:
         tile = choose_tile(height, width, radius, multiple)
     rows = axis_spans(height, tile, radius, multiple)
     cols = axis_spans(width, tile, radius, multiple)
-    outputs = {name: np.empty((height, width, c), np.float32) for name, c in output_channels.items()}
+    outputs = out if out is not None else {
+        name: np.empty((height, width, c), np.float32) for name, c in output_channels.items()}
     total = len(rows) * len(cols)
     done = 0
     for ys in rows:
         for xs in cols:
             if cancel is not None and cancel():
                 raise DenoiserError("cancelled")
-            feeds = {name: window_of(image, ys, xs) for name, image in inputs.items()}
-            results = run(feeds)
+            results = run({name: window_of(image, ys, xs, channels_first) for name, image in inputs.items()})
             window_shape = (ys.window_end - ys.window_start, xs.window_end - xs.window_start)
             for name, target in outputs.items():
                 _paste(target, results[name], name, window_shape, ys, xs)
@@ -148,12 +177,15 @@ def run_tiled(
     return outputs
 
 
-def _paste(target: np.ndarray, result: np.ndarray, name: str, window_shape: tuple[int, int],
-           ys: Span, xs: Span) -> None:
-    expected = (1, target.shape[2], *window_shape)
+def check_output_shape(name: str, result: np.ndarray, expected: tuple[int, ...]) -> None:
     if result.shape != expected:
         raise DenoiserError(f"model output {name} has shape {tuple(result.shape)}, expected {expected}",
                             exit_code=1)
+
+
+def _paste(target: np.ndarray, result: np.ndarray, name: str, window_shape: tuple[int, int],
+           ys: Span, xs: Span) -> None:
+    check_output_shape(name, result, (1, target.shape[2], *window_shape))
     y0, x0 = ys.core_start - ys.window_start, xs.core_start - xs.window_start
     core = result[0, :, y0:y0 + ys.core_end - ys.core_start, x0:x0 + xs.core_end - xs.core_start]
     block = core.transpose(1, 2, 0)

@@ -4,11 +4,14 @@ happens to a large buffer's memory when it is freed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
 import numpy as np
@@ -48,3 +51,37 @@ def test_keeping_freed_memory_is_applied_once_and_reports_its_state():
     first = keep_freed_memory()
     assert keep_freed_memory() is first
     assert first == sys.platform.startswith("linux")
+
+
+def _synthesise():
+    """benchmarks/benchmark_speed.py's frame synthesis (every pass mirror-tiled to a size)."""
+    import importlib.util
+
+    script = REPO / "benchmarks" / "benchmark_speed.py"
+    spec = importlib.util.spec_from_file_location("benchmark_speed", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module.synthesise
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.wait4's peak memory, glibc's mallopt")
+def test_a_4k_frame_of_cycles_passes_denoises_within_the_memory_budget(tmp_path):
+    """The command line on a 3840x2160 frame with the 54 float32 channels of examples/noisy.exr (1.7 GiB
+    of passes): the frame is denoised in windows sized for tiling.MEMORY_BUDGET, and the process's peak
+    resident memory stays within it."""
+    from denoiser_core import read_exr
+    from denoiser_core.tiling import MEMORY_BUDGET
+
+    frame = _synthesise()(REPO / "examples" / "noisy.exr", 3840, 2160, tmp_path / "4k.exr")
+    output = tmp_path / "out.exr"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "denoiser_core", "denoise", str(frame), "-o",
+                                    str(output), "-q"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env=dict(os.environ, HOME=str(tmp_path)))
+        _pid, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr.txt").read_text()
+    peak = usage.ru_maxrss * 1024
+    assert peak <= MEMORY_BUDGET, f"peak {peak / 2**30:.2f} GiB"
+    assert "Denoised Diffuse" in {p.name for p in read_exr(output).passes}

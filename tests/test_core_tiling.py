@@ -10,7 +10,17 @@ from onnx_models import save_model
 
 from denoiser_core import DenoiserError, load_model, tiling
 from denoiser_core.passes import decompose
-from denoiser_core.tiling import MAX_WINDOW_PIXELS, MAX_WORK_FACTOR, axis_spans, choose_tile, reflect_indices
+from denoiser_core.tiling import (
+    BASE_BYTES,
+    MAX_WINDOW_PIXELS,
+    MAX_WORK_FACTOR,
+    MEMORY_BUDGET,
+    WINDOW_BYTES_PER_PIXEL,
+    axis_spans,
+    choose_tile,
+    reflect_indices,
+    window_budget,
+)
 
 WHOLE = 1 << 20  # a tile larger than any test image: one window, the reference run
 
@@ -140,3 +150,47 @@ def test_automatic_tile_equals_untiled(tmp_path, passes, monkeypatch):
                  info.receptive_radius, info.size_multiple)[0] > 1
     whole = denoiser.denoise(passes, tile=WHOLE).beauty
     np.testing.assert_allclose(denoiser.denoise(passes).beauty, whole, rtol=1e-5, atol=1e-5)
+
+
+def _frame_bytes(height, width, channels=54):
+    """A frame with Cycles' passes in float32 (54 channels, as examples/noisy.exr) and the 10 output
+    channels, as inference.Denoiser.denoise counts them."""
+    return (channels + 10) * 4 * height * width
+
+
+def test_windows_shrink_so_a_4k_frame_stays_within_the_memory_budget():
+    # 1080p runs in one window, as without a memory budget: splitting it would repeat work
+    tile_1080p = choose_tile(1080, 1920, 140, 16, window_budget(1080, 1920, 16, _frame_bytes(1080, 1920)))
+    assert _cost(1080, 1920, tile_1080p)[0] == 1
+    budget = window_budget(2160, 3840, 16, _frame_bytes(2160, 3840))
+    assert budget < MAX_WINDOW_PIXELS
+    windows, window, computed = _cost(2160, 3840, choose_tile(2160, 3840, 140, 16, budget))
+    assert BASE_BYTES + _frame_bytes(2160, 3840) + window * WINDOW_BYTES_PER_PIXEL <= MEMORY_BUDGET
+    assert windows > 1 and computed <= MAX_WORK_FACTOR * 2160 * 3840
+    # an 8K frame alone exceeds the budget: no window fits, and the work cap decides (memory gives way)
+    assert window_budget(4320, 7680, 16, _frame_bytes(4320, 7680)) == 0
+    assert _cost(4320, 7680, choose_tile(4320, 7680, 140, 16, 0))[2] <= MAX_WORK_FACTOR * 4320 * 7680
+
+
+@pytest.mark.parametrize("kind", ["guided", "pooled"])
+def test_frame_denoised_window_by_window_equals_the_whole_frame(tmp_path, kind):
+    """Without keep_parts, a frame in several windows is decomposed and recombined window by window (no
+    whole-frame decomposition held): the same pixels as the whole-frame run, NaN/Inf sanitised alike,
+    and the passes, held planar as an EXR's are, left as they were."""
+    passes = synthetic_passes(53, 71, seed=5)
+    passes["diffuse_direct"][3, 4, 0] = np.nan
+    passes["glossy_indirect"][50, 70, 1] = np.inf  # in the reflection-padded border of the last window
+    planar = {name: np.ascontiguousarray(a.transpose(2, 0, 1)).transpose(1, 2, 0)
+              for name, a in passes.items()}
+    before = {name: a.copy() for name, a in planar.items()}
+    denoiser = load_model(str(save_model(tmp_path, kind)), device="cpu")
+    whole = denoiser.denoise(passes, tile=WHOLE)
+    for tile in (8, 16):
+        by_window = denoiser.denoise(planar, tile=tile, keep_parts=False)
+        assert by_window.parts is None and not by_window.outputs
+        assert by_window.nonfinite_inputs == whole.nonfinite_inputs == 2
+        for name in ("beauty", "diffuse", "specular"):
+            np.testing.assert_allclose(getattr(by_window, name), getattr(whole, name), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name} tile {tile}")
+    for name, array in planar.items():
+        np.testing.assert_array_equal(array, before[name])

@@ -19,6 +19,8 @@ take one ``unfold`` and one reduction instead, with memory to spare; both ways c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -43,12 +45,28 @@ def apply_kernels(color: torch.Tensor, logits: torch.Tensor, kernel_size: int) -
     weights = exps.split(1, dim=1)
     padded = F.pad(color, (radius, radius, radius, radius))
     height, width = color.shape[-2], color.shape[-1]
-    out = None
-    for index, weight in enumerate(weights):
-        dy, dx = divmod(index, kernel_size)
-        term = weight * padded[:, :, dy:dy + height, dx:dx + width]
-        out = term if out is None else out + term
-    return out / exps.sum(dim=1, keepdim=True)
+    terms = (weight * padded[:, :, dy:dy + height, dx:dx + width]
+             for weight, (dy, dx) in zip(weights, _offsets(kernel_size), strict=True))
+    return _sum_terms(terms, traced=torch.jit.is_tracing()) / exps.sum(dim=1, keepdim=True)
+
+
+def _offsets(kernel_size: int) -> list[tuple[int, int]]:
+    return [divmod(index, kernel_size) for index in range(kernel_size * kernel_size)]
+
+
+def _sum_terms(terms: Iterator[torch.Tensor], traced: bool) -> torch.Tensor:
+    """The products' sum, added in order. Run eagerly, one product at a time. When ``traced`` (export),
+    every product is traced before the first addition -- the same additions in the same order, so the same
+    result to the bit: onnxruntime orders a graph's nodes by a depth-first walk that, traced as a loop,
+    computed all k^2 products before adding any, so they were all alive at once; traced this way each
+    product is added as soon as it is made, and onnxruntime's first run of a 0.77-megapixel window of
+    `fast` peaks 0.16 GiB lower (0.99 -> 0.83 GiB, 2026-11-28)."""
+    if traced:
+        terms = iter(list(terms))
+    out = next(terms)
+    for term in terms:
+        out = out + term
+    return out
 
 
 def _apply_unfolded(color: torch.Tensor, exps: torch.Tensor, kernel_size: int) -> torch.Tensor:
