@@ -31,18 +31,17 @@ from .passes import (
 )
 from .tiling import (
     AUTO_TILE,
+    automatic_tile,
     axis_spans,
     check_output_shape,
-    choose_tile,
     round_up,
     run_tiled,
-    window_budget,
 )
 
 log = logging.getLogger("kprcan")
 
 VARIANCE_INPUTS = ("diffuse_variance", "specular_variance")
-# Tiles chosen per image (tiling.choose_tile): a 1080p frame runs as one window, larger frames in the
+# Tiles chosen per image (tiling.automatic_tile): a 1080p frame runs as one window, larger frames in the
 # fewest pixels whose windows keep the frame within tiling.MEMORY_BUDGET. A number is the largest tile edge.
 DEFAULT_TILE = AUTO_TILE
 # How onnxruntime words a failed allocation (CPU arena, CUDA, std::bad_alloc).
@@ -150,8 +149,7 @@ class Denoiser:
             # what this frame holds besides the windows: its passes (all of the layer, as a file's reader
             # holds them) and the three outputs
             frame_bytes = sum(np.asarray(a).nbytes for a in passes.values()) + 10 * 4 * height * width
-            tile = choose_tile(height, width, radius, multiple,
-                               window_budget(height, width, multiple, frame_bytes))
+            tile = automatic_tile(height, width, radius, multiple, frame_bytes)
         windows = (len(axis_spans(height, tile, radius, multiple))
                    * len(axis_spans(width, tile, radius, multiple)))
         fields = {"nonfinite_inputs": sum(nonfinite.values())}

@@ -62,10 +62,11 @@ MAX_WINDOW_PIXELS = 2_100_000
 # padded image's pixels, and memory gives way.
 MAX_WORK_FACTOR = 3.0
 # A frame that needs several windows anyway gets windows small enough that it stays within MEMORY_BUDGET
-# (window_budget). A window costs ~1.25 KB per pixel: onnxruntime's buffers (0.9-1.1 KB measured on both
-# shipped models, 2026-11-28; more in the first run of a window size) and the window's inputs. A 4K frame
-# with Cycles' passes in float32 takes ~2 GiB itself with its outputs, which leaves windows of ~0.7
-# megapixels. A frame of one window (1080p) is not split for memory: that would repeat work.
+# (window_budget, automatic_tile). A window costs ~1.25 KB per pixel: onnxruntime's buffers (0.9-1.1 KB,
+# measured on both shipped models, 2026-11-28; more in the first run of a window size) and the window's
+# inputs. A 4K frame with Cycles' passes in float32 takes ~2 GiB itself with its outputs, which leaves
+# windows of ~0.7 megapixels for `fast`. A frame of one window (1080p) is not split for memory: that would
+# repeat work; nor are the windows of a model whose context is too wide to meet the budget (`quality`).
 MEMORY_BUDGET = 3 * 2**30
 WINDOW_BYTES_PER_PIXEL = 1250
 BASE_BYTES = 150 * 2**20  # the interpreter, numpy, onnxruntime and the model
@@ -75,11 +76,29 @@ def window_budget(height: int, width: int, multiple: int, frame_bytes: int,
                   memory_budget: int = MEMORY_BUDGET) -> int:
     """The largest window, in pixels, for choose_tile: MAX_WINDOW_PIXELS for a frame that fits in one;
     for a larger frame whose passes and outputs take ``frame_bytes``, windows that keep it within
-    ``memory_budget`` (choose_tile lets memory give way where that would multiply the work)."""
+    ``memory_budget`` (automatic_tile lets memory give way where that would multiply the work)."""
     if round_up(height, multiple) * round_up(width, multiple) <= MAX_WINDOW_PIXELS:
         return MAX_WINDOW_PIXELS
     spare = memory_budget - BASE_BYTES - frame_bytes
     return int(min(MAX_WINDOW_PIXELS, max(spare, 0) // WINDOW_BYTES_PER_PIXEL))
+
+
+def automatic_tile(height: int, width: int, radius: int, multiple: int, frame_bytes: int) -> int:
+    """The tile edge of an automatic run: choose_tile within window_budget. Where no window within the
+    budget keeps the work under MAX_WORK_FACTOR (a model with a wide context, or a frame that alone
+    exceeds the budget), the windows are sized for speed alone: shrinking them would cost time without
+    reaching the budget."""
+    budget = window_budget(height, width, multiple, frame_bytes)
+    tile = choose_tile(height, width, radius, multiple, budget)
+    if window_pixels(height, width, tile, radius, multiple) > budget:
+        return choose_tile(height, width, radius, multiple)
+    return tile
+
+
+def window_pixels(height: int, width: int, tile: int, radius: int, multiple: int) -> int:
+    """Pixels in each window (all windows have one size) of a frame run with ``tile``."""
+    rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
+    return (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
 
 
 def choose_tile(height: int, width: int, radius: int, multiple: int,

@@ -16,10 +16,12 @@ from denoiser_core.tiling import (
     MAX_WORK_FACTOR,
     MEMORY_BUDGET,
     WINDOW_BYTES_PER_PIXEL,
+    automatic_tile,
     axis_spans,
     choose_tile,
     reflect_indices,
     window_budget,
+    window_pixels,
 )
 
 WHOLE = 1 << 20  # a tile larger than any test image: one window, the reference run
@@ -167,9 +169,18 @@ def test_windows_shrink_so_a_4k_frame_stays_within_the_memory_budget():
     windows, window, computed = _cost(2160, 3840, choose_tile(2160, 3840, 140, 16, budget))
     assert BASE_BYTES + _frame_bytes(2160, 3840) + window * WINDOW_BYTES_PER_PIXEL <= MEMORY_BUDGET
     assert windows > 1 and computed <= MAX_WORK_FACTOR * 2160 * 3840
-    # an 8K frame alone exceeds the budget: no window fits, and the work cap decides (memory gives way)
-    assert window_budget(4320, 7680, 16, _frame_bytes(4320, 7680)) == 0
-    assert _cost(4320, 7680, choose_tile(4320, 7680, 140, 16, 0))[2] <= MAX_WORK_FACTOR * 4320 * 7680
+    assert automatic_tile(2160, 3840, 140, 16, _frame_bytes(2160, 3840)) == choose_tile(2160, 3840, 140, 16,
+                                                                                         budget)
+
+
+@pytest.mark.parametrize("height, width, radius", [(4320, 7680, 140), (2160, 3840, 348)])
+def test_windows_are_sized_for_speed_where_the_memory_budget_cannot_be_met(height, width, radius):
+    """An 8K frame alone exceeds the budget; `quality`'s context (348 px) would need windows so small
+    that the work triples: shrinking them would only cost time, so memory gives way."""
+    tile = automatic_tile(height, width, radius, 16, _frame_bytes(height, width))
+    assert tile == choose_tile(height, width, radius, 16)
+    assert window_pixels(height, width, tile, radius, 16) > window_budget(height, width, 16,
+                                                                          _frame_bytes(height, width))
 
 
 @pytest.mark.parametrize("kind", ["guided", "pooled"])
