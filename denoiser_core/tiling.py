@@ -141,9 +141,12 @@ def window_of(image: np.ndarray, ys: Span, xs: Span, channels_first: bool = True
     lies inside it (no copy of ~50 passes per window), else a copy."""
     height, width = image.shape[:2]
     planes = image.transpose(2, 0, 1)  # contiguous when the image is a view of planar (EXR) storage
-    if ys.window_end <= height and xs.window_end <= width:
-        block = planes[:, ys.window_start:ys.window_end, xs.window_start:xs.window_end]
-    else:
+    block = planes[:, ys.window_start:min(ys.window_end, height), xs.window_start:min(xs.window_end, width)]
+    below, right = ys.window_end - min(ys.window_end, height), xs.window_end - min(xs.window_end, width)
+    if below < block.shape[1] and right < block.shape[2]:
+        if below or right:  # mirrored rows/columns lie inside the window: one padded copy
+            block = np.pad(block, ((0, 0), (0, below), (0, right)), mode="reflect")
+    else:  # a window reaching further than it holds (tiny images): mirror the whole image
         block = planes.take(reflect_indices(ys.window_start, ys.window_end, height), axis=1)
         block = block.take(reflect_indices(xs.window_start, xs.window_end, width), axis=2)
     if channels_first:
@@ -208,5 +211,6 @@ def _paste(target: np.ndarray, result: np.ndarray, name: str, window_shape: tupl
     y0, x0 = ys.core_start - ys.window_start, xs.core_start - xs.window_start
     core = result[0, :, y0:y0 + ys.core_end - ys.core_start, x0:x0 + xs.core_end - xs.core_start]
     block = core.transpose(1, 2, 0)
-    target[ys.core_start:ys.core_end, xs.core_start:xs.core_end] = np.nan_to_num(
-        block, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(block).all():  # one pass where all is finite, as a checked model's outputs are
+        block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
+    target[ys.core_start:ys.core_end, xs.core_start:xs.core_end] = block
