@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("-o", "--output", required=True, help="output file, folder/ or out_####.exr pattern")
     denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     denoise.add_argument("--half", action="store_true", help="write half floats (default: float32)")
+    denoise.add_argument("--max-memory", type=_positive_gib, metavar="GIB", default=None,
+                         help="memory in GiB that a frame too large for one window (4K) is kept within, "
+                              "where that does not multiply the work (default: 3); more is faster")
     denoise.add_argument("--temporal", action="store_true",
                          help="denoise a shot_####.exr sequence as one shot, each frame blended with the "
                               "previous one (needs the Vector pass; see docs/temporal.md)")
@@ -85,6 +88,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _positive_gib(text: str) -> int:
+    """GiB as given on the command line -> bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of GiB, e.g. 3 or 0.5")
+    return int(value * 2**30)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

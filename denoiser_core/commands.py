@@ -61,7 +61,7 @@ def run_denoise(args: argparse.Namespace) -> int:
                  len(jobs) - len(todo), len(jobs))
     if not todo:
         return 0
-    denoiser = load_model(args.model, args.device)
+    denoiser = load_model(args.model, args.device, memory_budget=args.max_memory)
     quiet = getattr(args, "quiet", False)
     frames = _LazyBar(not quiet and len(todo) > 1, total=len(todo), unit="frame", desc="denoise")
     first_failure, finished, elsewhere = 0, 0, 0
@@ -111,7 +111,7 @@ def _run_temporal(args: argparse.Namespace) -> int:
     if not args.overwrite and all(target.exists() for _n, _s, target in frames):
         log.info("every frame's output exists (use --overwrite to redo them)")
         return 0
-    denoiser = load_model(args.model, args.device)
+    denoiser = load_model(args.model, args.device, memory_budget=args.max_memory)
     bar = _LazyBar(not getattr(args, "quiet", False), total=100, unit="%", desc="denoise --temporal")
     started = time.perf_counter()
     try:

@@ -31,6 +31,7 @@ from .passes import (
 )
 from .tiling import (
     AUTO_TILE,
+    MEMORY_BUDGET,
     automatic_tile,
     axis_spans,
     check_output_shape,
@@ -87,9 +88,11 @@ def missing_for(info: ModelInfo, available) -> list[str]:
 class Denoiser:
     """A loaded model. Reusable and cheap to call many times; not safe to call from two threads at once."""
 
-    def __init__(self, info: ModelInfo, session):
+    def __init__(self, info: ModelInfo, session, memory_budget: int = MEMORY_BUDGET):
         self.info = info
         self._session = session
+        # what a frame of several windows is kept within (tiling.automatic_tile), in bytes
+        self.memory_budget = memory_budget
 
     @property
     def providers(self) -> list[str]:
@@ -149,9 +152,11 @@ class Denoiser:
             # what this frame holds besides the windows: its passes (all of the layer, as a file's reader
             # holds them) and the three outputs
             frame_bytes = sum(np.asarray(a).nbytes for a in passes.values()) + 10 * 4 * height * width
-            tile = automatic_tile(height, width, radius, multiple, frame_bytes)
-        windows = (len(axis_spans(height, tile, radius, multiple))
-                   * len(axis_spans(width, tile, radius, multiple)))
+            tile = automatic_tile(height, width, radius, multiple, frame_bytes, self.memory_budget)
+        rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
+        windows = len(rows) * len(cols)
+        log.debug("%s: %d window(s) of %dx%d px (tile %d)", where or "render", windows,
+                  cols[0].window_end - cols[0].window_start, rows[0].window_end - rows[0].window_start, tile)
         fields = {"nonfinite_inputs": sum(nonfinite.values())}
         try:
             if windows > 1 and not keep_parts:
@@ -292,8 +297,10 @@ def _check_sizes(passes: dict[str, np.ndarray]) -> None:
         raise DenoiserError(f"passes have different sizes: {listing}")
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto") -> Denoiser:
-    """Load a model by name or path (None: the default model) for ``device`` (auto, cpu, cuda, ...).
+def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
+               memory_budget: int | None = None) -> Denoiser:
+    """Load a model by name or path (None: the default model) for ``device`` (auto, cpu, cuda, ...);
+    ``memory_budget`` (bytes, default tiling.MEMORY_BUDGET) sizes the windows of frames that need several.
 
     The session is built here, once per call (callers keep the Denoiser). An accelerator that cannot run
     falls back to the CPU with one warning saying why (``devices.fallback_reason``).
@@ -318,4 +325,4 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
     if providers[0] != CPU and providers[0] not in active:
         log.warning("%s could not start (see onnxruntime's log); running on %s", providers[0], active[0])
     log.debug("model %s on %s", info.summary(), ", ".join(active))
-    return Denoiser(info, session)
+    return Denoiser(info, session, MEMORY_BUDGET if memory_budget is None else memory_budget)

@@ -83,12 +83,13 @@ def window_budget(height: int, width: int, multiple: int, frame_bytes: int,
     return int(min(MAX_WINDOW_PIXELS, max(spare, 0) // WINDOW_BYTES_PER_PIXEL))
 
 
-def automatic_tile(height: int, width: int, radius: int, multiple: int, frame_bytes: int) -> int:
+def automatic_tile(height: int, width: int, radius: int, multiple: int, frame_bytes: int,
+                   memory_budget: int = MEMORY_BUDGET) -> int:
     """The tile edge of an automatic run: choose_tile within window_budget. Where no window within the
     budget keeps the work under MAX_WORK_FACTOR (a model with a wide context, or a frame that alone
     exceeds the budget), the windows are sized for speed alone: shrinking them would cost time without
     reaching the budget."""
-    budget = window_budget(height, width, multiple, frame_bytes)
+    budget = window_budget(height, width, multiple, frame_bytes, memory_budget)
     tile = choose_tile(height, width, radius, multiple, budget)
     if window_pixels(height, width, tile, radius, multiple) > budget:
         return choose_tile(height, width, radius, multiple)

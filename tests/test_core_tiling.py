@@ -205,3 +205,17 @@ def test_frame_denoised_window_by_window_equals_the_whole_frame(tmp_path, kind):
                                        err_msg=f"{name} tile {tile}")
     for name, array in planar.items():
         np.testing.assert_array_equal(array, before[name])
+
+
+def test_a_smaller_memory_budget_runs_a_large_frame_in_more_windows_with_the_same_pixels(tmp_path):
+    """Denoiser.memory_budget (the command line's --max-memory) sizes the windows of a frame too large for
+    one (1500 x 1500: 2.26 megapixels padded); the pixels do not depend on it."""
+    passes = synthetic_passes(1500, 1500, seed=7)
+    results = {}
+    for gib in (1, 8):
+        denoiser = load_model(str(save_model(tmp_path, "pooled")), device="cpu", memory_budget=gib * 2**30)
+        seen: list[float] = []
+        results[gib] = (denoiser.denoise(passes, progress=seen.append), len(seen))
+    (small, small_windows), (large, large_windows) = results[1], results[8]
+    assert large_windows > 1 and small_windows > large_windows
+    np.testing.assert_allclose(small.beauty, large.beauty, rtol=1e-5, atol=1e-5)
