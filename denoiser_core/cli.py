@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--half", action="store_true", help="write half floats (default: float32)")
     denoise.add_argument("--max-memory", type=_positive_gib, metavar="GIB", default=None,
                          help="memory in GiB that a frame too large for one window (4K) is kept within, "
-                              "where that does not multiply the work (default: 3); more is faster")
+                              "where that does not multiply the work (default: 3); more is faster; "
+                              "ignored with --tile")
     denoise.add_argument("--temporal", action="store_true",
                          help="denoise a shot_####.exr sequence as one shot, each frame blended with the "
                               "previous one (needs the Vector pass; see docs/temporal.md)")
@@ -96,8 +97,8 @@ def _positive_gib(text: str) -> int:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number of GiB, e.g. 3 or 0.5")
+    if not 0.01 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of GiB of at least 0.01, e.g. 3 or 0.5")
     return int(value * 2**30)
 
 

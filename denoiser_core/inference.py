@@ -31,7 +31,6 @@ from .passes import (
 )
 from .tiling import (
     AUTO_TILE,
-    MEMORY_BUDGET,
     automatic_tile,
     axis_spans,
     check_output_shape,
@@ -88,10 +87,11 @@ def missing_for(info: ModelInfo, available) -> list[str]:
 class Denoiser:
     """A loaded model. Reusable and cheap to call many times; not safe to call from two threads at once."""
 
-    def __init__(self, info: ModelInfo, session, memory_budget: int = MEMORY_BUDGET):
+    def __init__(self, info: ModelInfo, session, memory_budget: int | None = None):
         self.info = info
         self._session = session
-        # what a frame of several windows is kept within (tiling.automatic_tile), in bytes
+        # what a frame of several windows is kept within (tiling.automatic_tile), in bytes; None: the
+        # default, tiling.MEMORY_BUDGET
         self.memory_budget = memory_budget
 
     @property
@@ -112,7 +112,7 @@ class Denoiser:
     def denoise(self, passes: dict[str, np.ndarray], tile: int = DEFAULT_TILE,
                 progress: Callable[[float], None] | None = None,
                 cancel: Callable[[], bool] | None = None, *, where: str = "",
-                keep_parts: bool = True) -> DenoiseResult:
+                keep_parts: bool = True, held_bytes: int | None = None) -> DenoiseResult:
         """Denoise one view layer given as canonical name -> (H, W, C) float arrays (left unchanged: what
         the networks read is sanitised in copies, see passes.decompose). ``where`` names the render in
         warnings.
@@ -120,7 +120,9 @@ class Denoiser:
         Without ``keep_parts`` a frame that runs in several windows (4K) is decomposed and recombined
         window by window, and the result holds only the beauty and the two denoised parts (``parts``
         None, ``outputs`` empty): the whole-frame decomposition is never held (~1 GiB at 4K), and the
-        pixels are the same. One-window frames (1080p) are decomposed whole either way.
+        pixels are the same. One-window frames (1080p) are decomposed whole either way. ``held_bytes``:
+        what the caller holds of the image the passes came from (every layer and pass of an EXR), for
+        the memory budget; by default the passes given.
 
         When ``noisy_image`` is present it is the noisy beauty (Blender's own denoiser then put its result
         in Combined), so it is decomposed instead of ``combined``. A model that outputs NaN/Inf is broken:
@@ -149,10 +151,17 @@ class Denoiser:
         height, width = used["combined"].shape[:2]
         radius, multiple = self.info.receptive_radius, self.info.size_multiple
         if int(tile) <= AUTO_TILE:
-            # what this frame holds besides the windows: its passes (all of the layer, as a file's reader
-            # holds them) and the three outputs
-            frame_bytes = sum(np.asarray(a).nbytes for a in passes.values()) + 10 * 4 * height * width
-            tile = automatic_tile(height, width, radius, multiple, frame_bytes, self.memory_budget)
+            # what this frame holds besides the windows: the image its passes came from (``held_bytes``,
+            # else these passes), the three results, and the whole-frame parts and raw outputs that
+            # keep_parts holds (23 + 9 channels)
+            pixels = height * width
+            frame_bytes = (sum(np.asarray(a).nbytes for a in passes.values()) if held_bytes is None
+                           else held_bytes) + 10 * 4 * pixels + (32 * 4 * pixels if keep_parts else 0)
+            tile, within = automatic_tile(height, width, radius, multiple, frame_bytes, self.memory_budget)
+            if not within and self.memory_budget is not None:
+                log.info("%s: %.1f GiB cannot be kept to (the frame takes %.1f GiB itself, and smaller "
+                         "windows would multiply the work): running in the smallest windows that do not",
+                         where or "render", self.memory_budget / 2**30, frame_bytes / 2**30)
         rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
         windows = len(rows) * len(cols)
         log.debug("%s: %d window(s) of %dx%d px (tile %d)", where or "render", windows,
@@ -325,4 +334,4 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
     if providers[0] != CPU and providers[0] not in active:
         log.warning("%s could not start (see onnxruntime's log); running on %s", providers[0], active[0])
     log.debug("model %s on %s", info.summary(), ", ".join(active))
-    return Denoiser(info, session, MEMORY_BUDGET if memory_budget is None else memory_budget)
+    return Denoiser(info, session, memory_budget)

@@ -111,6 +111,7 @@ def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
     Every pass the denoiser does not write keeps its pixels exactly (NaN/Inf included): only copies of
     what the networks read are sanitised, and what it writes is finite."""
     layers = denoisable_layers(image, denoiser)
+    held_bytes = sum(p.pixels.nbytes for p in image.passes)  # for the memory budget: the whole file
     for index, layer in enumerate(layers):
         def layer_progress(fraction: float, index: int = index) -> None:
             if progress is not None:
@@ -120,7 +121,7 @@ def denoise_image(image: ExrImage, denoiser: Denoiser, tile: int = DEFAULT_TILE,
         canonical = image.canonical_passes(layer)
         # the per-frame parts are kept only for a refine hook that reads them (temporal mode)
         result = denoiser.denoise(canonical, tile, layer_progress, cancel, where=where,
-                                 keep_parts=refine is not None)
+                                 keep_parts=refine is not None, held_bytes=held_bytes)
         extra = {}
         if refine is not None:
             result, extra = refine(layer, canonical, result)

@@ -84,16 +84,19 @@ def window_budget(height: int, width: int, multiple: int, frame_bytes: int,
 
 
 def automatic_tile(height: int, width: int, radius: int, multiple: int, frame_bytes: int,
-                   memory_budget: int = MEMORY_BUDGET) -> int:
-    """The tile edge of an automatic run: choose_tile within window_budget. Where no window within the
-    budget keeps the work under MAX_WORK_FACTOR (a model with a wide context, or a frame that alone
-    exceeds the budget), the windows are sized for speed alone: shrinking them would cost time without
-    reaching the budget."""
-    budget = window_budget(height, width, multiple, frame_bytes, memory_budget)
+                   memory_budget: int | None = None) -> tuple[int, bool]:
+    """The tile edge of an automatic run, and whether its windows keep the frame within the budget:
+    choose_tile within window_budget. Where no window within the budget keeps the work under
+    MAX_WORK_FACTOR (a model with a wide context, or a frame that alone exceeds the budget), a budget the
+    caller set gets the smallest windows within that work; the default budget (None: MEMORY_BUDGET) gets
+    the windows sized for speed alone, as shrinking them would cost time without reaching it."""
+    budget = window_budget(height, width, multiple, frame_bytes,
+                           MEMORY_BUDGET if memory_budget is None else memory_budget)
     tile = choose_tile(height, width, radius, multiple, budget)
-    if window_pixels(height, width, tile, radius, multiple) > budget:
-        return choose_tile(height, width, radius, multiple)
-    return tile
+    within = window_pixels(height, width, tile, radius, multiple) <= budget
+    if not within and memory_budget is None:
+        tile = choose_tile(height, width, radius, multiple)
+    return tile, within
 
 
 def window_pixels(height: int, width: int, tile: int, radius: int, multiple: int) -> int:

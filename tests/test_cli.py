@@ -195,7 +195,7 @@ def test_usage_errors_are_one_line(setup):
     tmp_path, source, run = setup
     assert_one_line_error(run("denoise", source), 2, "-o/--output")
     assert_one_line_error(run("denoise", source, "-o", tmp_path / "o.exr", "--tile", "0"), 2, "--tile")
-    for budget in ("0", "-1", "lots", "inf"):
+    for budget in ("0", "-1", "1e-12", "lots", "inf", "nan"):
         result = run("denoise", source, "-o", tmp_path / "o.exr", "--max-memory", budget)
         assert_one_line_error(result, 2, "--max-memory")
     result = run("denoise", source, "-o", tmp_path / "o.exr", "--device", "abacus")

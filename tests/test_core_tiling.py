@@ -169,18 +169,22 @@ def test_windows_shrink_so_a_4k_frame_stays_within_the_memory_budget():
     windows, window, computed = _cost(2160, 3840, choose_tile(2160, 3840, 140, 16, budget))
     assert BASE_BYTES + _frame_bytes(2160, 3840) + window * WINDOW_BYTES_PER_PIXEL <= MEMORY_BUDGET
     assert windows > 1 and computed <= MAX_WORK_FACTOR * 2160 * 3840
-    assert automatic_tile(2160, 3840, 140, 16, _frame_bytes(2160, 3840)) == choose_tile(2160, 3840, 140, 16,
-                                                                                         budget)
+    assert automatic_tile(2160, 3840, 140, 16, _frame_bytes(2160, 3840)) == (
+        choose_tile(2160, 3840, 140, 16, budget), True)
 
 
 @pytest.mark.parametrize("height, width, radius", [(4320, 7680, 140), (2160, 3840, 348)])
 def test_windows_are_sized_for_speed_where_the_memory_budget_cannot_be_met(height, width, radius):
     """An 8K frame alone exceeds the budget; `quality`'s context (348 px) would need windows so small
     that the work triples: shrinking them would only cost time, so memory gives way."""
-    tile = automatic_tile(height, width, radius, 16, _frame_bytes(height, width))
-    assert tile == choose_tile(height, width, radius, 16)
+    tile, within = automatic_tile(height, width, radius, 16, _frame_bytes(height, width))
+    assert tile == choose_tile(height, width, radius, 16) and not within
     assert window_pixels(height, width, tile, radius, 16) > window_budget(height, width, 16,
                                                                           _frame_bytes(height, width))
+    # a budget the caller set is not met either, but asking for less never gives larger windows
+    asked, within = automatic_tile(height, width, radius, 16, _frame_bytes(height, width), 2**30)
+    assert not within and window_pixels(height, width, asked, radius, 16) <= window_pixels(
+        height, width, tile, radius, 16)
 
 
 @pytest.mark.parametrize("kind", ["guided", "pooled"])
@@ -209,13 +213,33 @@ def test_frame_denoised_window_by_window_equals_the_whole_frame(tmp_path, kind):
 
 def test_a_smaller_memory_budget_runs_a_large_frame_in_more_windows_with_the_same_pixels(tmp_path):
     """Denoiser.memory_budget (the command line's --max-memory) sizes the windows of a frame too large for
-    one (1500 x 1500: 2.26 megapixels padded); the pixels do not depend on it."""
+    one (1500 x 1500: 2.26 megapixels padded), down to what the work cap allows when the budget cannot be
+    met; the pixels do not depend on it, window by window (keep_parts=False) or not."""
     passes = synthetic_passes(1500, 1500, seed=7)
-    results = {}
-    for gib in (1, 8):
-        denoiser = load_model(str(save_model(tmp_path, "pooled")), device="cpu", memory_budget=gib * 2**30)
+    path = str(save_model(tmp_path, "pooled"))
+    whole = load_model(path, device="cpu").denoise(passes, tile=WHOLE)
+    windows = {}
+    for gib in (0.25, 1, 8):
         seen: list[float] = []
-        results[gib] = (denoiser.denoise(passes, progress=seen.append), len(seen))
-    (small, small_windows), (large, large_windows) = results[1], results[8]
-    assert large_windows > 1 and small_windows > large_windows
-    np.testing.assert_allclose(small.beauty, large.beauty, rtol=1e-5, atol=1e-5)
+        result = load_model(path, device="cpu", memory_budget=int(gib * 2**30)).denoise(
+            passes, progress=seen.append, keep_parts=False)
+        windows[gib] = len(seen)
+        np.testing.assert_allclose(result.beauty, whole.beauty, rtol=1e-5, atol=1e-5, err_msg=f"{gib} GiB")
+    assert windows[0.25] >= windows[1] > windows[8] > 1
+
+
+@pytest.mark.parametrize("height, width, tile, radius, multiple", [
+    (1, 1, 1, 3, 8), (2, 5, 1, 4, 4), (5, 3, 2, 0, 8), (9, 13, 4, 2, 8), (17, 11, 8, 5, 16),
+    (53, 71, 16, 9, 8),
+])
+def test_windows_read_the_frame_as_reflection_padding_does(height, width, tile, radius, multiple):
+    """window_of (views, np.pad at the border, gathers where a window reaches further than it holds) in
+    both layouts against reflect_indices, on a planar image as an EXR's passes are held."""
+    image = np.arange(3 * height * width, dtype=np.float32).reshape(3, height, width).transpose(1, 2, 0)
+    for ys in axis_spans(height, tile, radius, multiple):
+        for xs in axis_spans(width, tile, radius, multiple):
+            rows = reflect_indices(ys.window_start, ys.window_end, height)
+            cols = reflect_indices(xs.window_start, xs.window_end, width)
+            expected = image[rows[:, None], cols[None, :]]
+            np.testing.assert_array_equal(tiling.window_of(image, ys, xs, channels_first=False), expected)
+            np.testing.assert_array_equal(tiling.window_of(image, ys, xs)[0], expected.transpose(2, 0, 1))
