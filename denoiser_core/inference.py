@@ -36,6 +36,7 @@ from .tiling import (
     check_output_shape,
     round_up,
     run_tiled,
+    window_size,
 )
 
 log = logging.getLogger("kprcan")
@@ -44,6 +45,8 @@ VARIANCE_INPUTS = ("diffuse_variance", "specular_variance")
 # Tiles chosen per image (tiling.automatic_tile): a 1080p frame runs as one window, larger frames in the
 # fewest pixels whose windows keep the frame within tiling.MEMORY_BUDGET. A number is the largest tile edge.
 DEFAULT_TILE = AUTO_TILE
+# The pixels every DenoiseResult holds: name -> channels.
+RESULT_CHANNELS = {"beauty": 4, "diffuse": 3, "specular": 3}
 # How onnxruntime words a failed allocation (CPU arena, CUDA, std::bad_alloc).
 _ALLOCATION_FAILED = re.compile(r"failed to allocate|out of memory|bad.alloc|alloc_failed", re.IGNORECASE)
 
@@ -155,8 +158,9 @@ class Denoiser:
             # else these passes), the three results, and the whole-frame parts and raw outputs that
             # keep_parts holds (23 + 9 channels)
             pixels = height * width
-            frame_bytes = (sum(np.asarray(a).nbytes for a in passes.values()) if held_bytes is None
-                           else held_bytes) + 10 * 4 * pixels + (32 * 4 * pixels if keep_parts else 0)
+            frame_bytes = ((sum(np.asarray(a).nbytes for a in passes.values()) if held_bytes is None
+                            else held_bytes) + sum(RESULT_CHANNELS.values()) * 4 * pixels
+                           + (32 * 4 * pixels if keep_parts else 0))
             tile, within = automatic_tile(height, width, radius, multiple, frame_bytes, self.memory_budget)
             if not within and self.memory_budget is not None:
                 log.info("%s: %.1f GiB cannot be kept to (the frame takes %.1f GiB itself, and smaller "
@@ -164,8 +168,9 @@ class Denoiser:
                          where or "render", self.memory_budget / 2**30, frame_bytes / 2**30)
         rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
         windows = len(rows) * len(cols)
-        log.debug("%s: %d window(s) of %dx%d px (tile %d)", where or "render", windows,
-                  cols[0].window_end - cols[0].window_start, rows[0].window_end - rows[0].window_start, tile)
+        window_height, window_width = window_size(rows, cols)
+        log.debug("%s: %d window(s) of %dx%d px (tile %d)", where or "render", windows, window_width,
+                  window_height, tile)
         fields = {"nonfinite_inputs": sum(nonfinite.values())}
         try:
             if windows > 1 and not keep_parts:
@@ -204,7 +209,7 @@ class Denoiser:
         writing them back takes no copy."""
         height, width = used["combined"].shape[:2]
         planes = {name: np.empty((channels, height, width), np.float32)
-                  for name, channels in (("beauty", 4), ("diffuse", 3), ("specular", 3))}
+                  for name, channels in RESULT_CHANNELS.items()}
 
         def run_window(window: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             parts = decompose(window, self.info.denoise_residual, self.info.demodulate_specular)
@@ -259,9 +264,9 @@ class Denoiser:
         size_multiple and context, which set the smallest window whatever the tile."""
         radius, multiple = self.info.receptive_radius, self.info.size_multiple
 
-        def window(tile: int) -> tuple[int, int]:
+        def window(tile: int) -> tuple[int, int]:  # (width, height)
             rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
-            return cols[0].window_end - cols[0].window_start, rows[0].window_end - rows[0].window_start
+            return window_size(rows, cols)[::-1]
 
         (w, h), (smallest_w, smallest_h) = window(tile), window(multiple)
         name = f"model {self.info.name!r}"

@@ -93,16 +93,18 @@ def automatic_tile(height: int, width: int, radius: int, multiple: int, frame_by
     budget = window_budget(height, width, multiple, frame_bytes,
                            MEMORY_BUDGET if memory_budget is None else memory_budget)
     tile = choose_tile(height, width, radius, multiple, budget)
-    within = window_pixels(height, width, tile, radius, multiple) <= budget
+    window_height, window_width = window_size(axis_spans(height, tile, radius, multiple),
+                                              axis_spans(width, tile, radius, multiple))
+    within = window_height * window_width <= budget
     if not within and memory_budget is None:
         tile = choose_tile(height, width, radius, multiple)
     return tile, within
 
 
-def window_pixels(height: int, width: int, tile: int, radius: int, multiple: int) -> int:
-    """Pixels in each window (all windows have one size) of a frame run with ``tile``."""
-    rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
-    return (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
+def window_size(rows: list[Span], cols: list[Span]) -> tuple[int, int]:
+    """(height, width) of the windows of a frame cut into ``rows`` x ``cols`` (axis_spans): all windows
+    have one size."""
+    return rows[0].window_end - rows[0].window_start, cols[0].window_end - cols[0].window_start
 
 
 def choose_tile(height: int, width: int, radius: int, multiple: int,
@@ -117,7 +119,8 @@ def choose_tile(height: int, width: int, radius: int, multiple: int,
     for tile in range(multiple, round_up(max(height, width, 1), multiple) + 1, multiple):
         rows = axis_spans(height, tile, radius, multiple)
         cols = axis_spans(width, tile, radius, multiple)
-        window = (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
+        window_height, window_width = window_size(rows, cols)
+        window = window_height * window_width
         plans.append((len(rows) * len(cols) * window, window, tile))
     within = [p for p in plans if p[1] <= budget]
     if within:

@@ -21,7 +21,7 @@ from denoiser_core.tiling import (
     choose_tile,
     reflect_indices,
     window_budget,
-    window_pixels,
+    window_size,
 )
 
 WHOLE = 1 << 20  # a tile larger than any test image: one window, the reference run
@@ -119,7 +119,8 @@ def test_cores_are_balanced_so_no_sliver_costs_a_whole_window():
 def _cost(height, width, tile, radius=140, multiple=16):
     """(windows, pixels per window, pixels computed) for the shipped model's context and size multiple."""
     rows, cols = axis_spans(height, tile, radius, multiple), axis_spans(width, tile, radius, multiple)
-    window = (rows[0].window_end - rows[0].window_start) * (cols[0].window_end - cols[0].window_start)
+    window_height, window_width = window_size(rows, cols)
+    window = window_height * window_width
     return len(rows) * len(cols), window, len(rows) * len(cols) * window
 
 
@@ -179,12 +180,11 @@ def test_windows_are_sized_for_speed_where_the_memory_budget_cannot_be_met(heigh
     that the work triples: shrinking them would only cost time, so memory gives way."""
     tile, within = automatic_tile(height, width, radius, 16, _frame_bytes(height, width))
     assert tile == choose_tile(height, width, radius, 16) and not within
-    assert window_pixels(height, width, tile, radius, 16) > window_budget(height, width, 16,
-                                                                          _frame_bytes(height, width))
+    budget = window_budget(height, width, 16, _frame_bytes(height, width))
+    assert _cost(height, width, tile, radius)[1] > budget
     # a budget the caller set is not met either, but asking for less never gives larger windows
     asked, within = automatic_tile(height, width, radius, 16, _frame_bytes(height, width), 2**30)
-    assert not within and window_pixels(height, width, asked, radius, 16) <= window_pixels(
-        height, width, tile, radius, 16)
+    assert not within and _cost(height, width, asked, radius)[1] <= _cost(height, width, tile, radius)[1]
 
 
 @pytest.mark.parametrize("kind", ["guided", "pooled"])
