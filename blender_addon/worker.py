@@ -220,9 +220,9 @@ def _serve() -> int:
     sys.stdout = sys.stderr
     import denoiser_core as dc
     from denoiser_core import devices
-    from denoiser_core.memory import keep_freed_memory
+    from denoiser_core.memory import keep_freed_memory, release_freed_memory
 
-    keep_freed_memory()  # this process only denoises: freed buffers stay mapped for the next frame
+    keep_freed_memory()  # this process only denoises: large buffers come from its heap
     write_lock = threading.Lock()
 
     def send(message: dict) -> None:
@@ -334,6 +334,7 @@ def _serve() -> int:
         finally:
             if message.get("delete_input"):
                 Path(message["input"]).unlink(missing_ok=True)
+            release_freed_memory()  # an idle worker holds its model, not the last frame's buffers
     return 0
 
 

@@ -114,7 +114,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
-    keep_freed_memory()  # this process only denoises: freed buffers stay mapped for the next frame
+    keep_freed_memory()  # this process only denoises: large buffers come from its heap
     with _terminate_on_signals():
         try:  # the signals may also land while an error below is being reported
             return _run(args)

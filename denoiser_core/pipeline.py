@@ -15,6 +15,7 @@ from .claims import claim
 from .errors import DenoiserError
 from .exr import ExrImage, check_exr_file, read_exr, stale_temporaries, temp_path_for, write_exr_in_place
 from .inference import DEFAULT_TILE, Denoiser, DenoiseResult, load_model
+from .memory import release_freed_memory
 
 log = logging.getLogger("kprcan")
 
@@ -175,6 +176,8 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    finally:
+        release_freed_memory()  # the frame's buffers, before the next frame allocates its own
     return output_path
 
 
