@@ -321,20 +321,21 @@ def _serve() -> int:
     while (message := requests.get()) is not None:
         cancel.clear()
         try:
-            send({"ok": handle(message)})
+            reply = {"ok": handle(message)}
         except dc.DenoiserError as error:
-            send({"error": str(error), "exit_code": error.exit_code, "cancelled": cancel.is_set()})
+            reply = {"error": str(error), "exit_code": error.exit_code, "cancelled": cancel.is_set()}
         except OSError as error:
-            send({"error": str(error), "exit_code": 2})
+            reply = {"error": str(error), "exit_code": 2}
         except Exception as error:  # a bug: the traceback goes to Blender's console
             import traceback
 
             traceback.print_exc()
-            send({"error": f"{type(error).__name__}: {error}", "exit_code": 1})
+            reply = {"error": f"{type(error).__name__}: {error}", "exit_code": 1}
         finally:
             if message.get("delete_input"):
                 Path(message["input"]).unlink(missing_ok=True)
-            release_freed_memory()  # an idle worker holds its model, not the last frame's buffers
+        release_freed_memory()  # before replying: an idle worker holds its model, not the frame's buffers
+        send(reply)
     return 0
 
 

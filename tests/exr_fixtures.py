@@ -109,3 +109,19 @@ def read_channels(path: Path) -> dict[str, np.ndarray]:
     """Raw channel name -> (H, W) plane of every part (for assertions)."""
     exr = OpenEXR.File(str(path), separate_channels=True)
     return {name: np.array(channel.pixels) for part in exr.parts for name, channel in part.channels.items()}
+
+
+def mirror_tiled_render(width: int, height: int, path: Path) -> Path:
+    """examples/noisy.exr (a real Cycles render, 54 float32 channels) with every pass mirror-tiled to
+    width x height: benchmarks/benchmark_speed.py's frame synthesis."""
+    import importlib.util
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "benchmarks" / "benchmark_speed.py"
+    spec = importlib.util.spec_from_file_location("benchmark_speed", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module.synthesise(repo / "examples" / "noisy.exr", width, height, path)
+

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from addon_harness import REPO
-from exr_fixtures import synthetic_passes, write_blender_exr
+from exr_fixtures import mirror_tiled_render, synthetic_passes, write_blender_exr
 from onnx_models import save_model
 
 from denoiser_core import load_model, read_exr
@@ -120,6 +120,18 @@ def test_a_worker_that_dies_is_reported_and_replaced(worker, model, tmp_path):
                        output=str(tmp_path / "out.exr"), model=str(model), device="cpu", tile=64)
     assert not worker.running
     assert worker.request("load", model=str(model), device="cpu")["model"] == "guided"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, glibc's malloc_trim")
+def test_an_idle_worker_holds_its_model_not_the_last_frames_buffers(worker, tmp_path):
+    """Blender keeps the worker between renders: after a frame its freed buffers go back to the system."""
+    source = mirror_tiled_render(960, 540, tmp_path / "frame.exr")
+    worker.request("denoise", input=str(source), output=str(tmp_path / "out.exr"), model="fast", device="cpu",
+                   tile=0)
+    status = dict(line.split(":", 1) for line in
+                  open(f"/proc/{worker._process.pid}/status").read().splitlines())
+    resident, peak = (int(status[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM"))
+    assert peak - resident > 500 * 2**20, f"resident {resident / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
 
 
 def test_worker_import_path_leaves_out_the_standard_library():

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from exr_fixtures import mirror_tiled_render
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = """
@@ -53,18 +54,6 @@ def test_keeping_freed_memory_is_applied_once_and_reports_its_state():
     assert first == sys.platform.startswith("linux")
 
 
-def _synthesise():
-    """benchmarks/benchmark_speed.py's frame synthesis (every pass mirror-tiled to a size)."""
-    import importlib.util
-
-    script = REPO / "benchmarks" / "benchmark_speed.py"
-    spec = importlib.util.spec_from_file_location("benchmark_speed", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module.synthesise
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.wait4's peak memory, glibc's mallopt")
 def test_a_4k_frame_of_cycles_passes_denoises_within_the_memory_budget(tmp_path):
@@ -74,7 +63,7 @@ def test_a_4k_frame_of_cycles_passes_denoises_within_the_memory_budget(tmp_path)
     from denoiser_core import read_exr
     from denoiser_core.tiling import MEMORY_BUDGET
 
-    frame = _synthesise()(REPO / "examples" / "noisy.exr", 3840, 2160, tmp_path / "4k.exr")
+    frame = mirror_tiled_render(3840, 2160, tmp_path / "4k.exr")
     output = tmp_path / "out.exr"
     peak = _peak_of_denoising(str(frame), output, tmp_path)
     assert peak <= MEMORY_BUDGET, f"peak {peak / 2**30:.2f} GiB"
@@ -98,7 +87,7 @@ def test_a_sequence_peaks_at_one_frames_memory(tmp_path):
     """Each frame hands its freed heap back: a process denoising four 1080p frames peaks where one
     frame does. Kept, the freed blocks fragmented the heap: a six-frame 1080p sequence grew to 7.9 GiB
     (one frame: 3.7), and its third and fourth frames spent seconds faulting in fresh pages."""
-    frame = _synthesise()(REPO / "examples" / "noisy.exr", 1920, 1080, tmp_path / "frame.exr")
+    frame = mirror_tiled_render(1920, 1080, tmp_path / "frame.exr")
     frames = tmp_path / "frames"
     frames.mkdir()
     for number in range(1, 5):
