@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     denoise.add_argument("--half", action="store_true", help="write half floats (default: float32)")
     denoise.add_argument("--max-memory", type=_positive_gib, metavar="GIB", default=None,
-                         help="memory in GiB that a frame too large for one window (4K) is kept within, "
-                              "where that does not multiply the work (default: 3); more is faster; "
-                              "ignored with --tile")
+                         help="memory in GiB a frame is kept within, where that does not multiply the "
+                              "work; more is faster (default: 3, for frames too large for one window, "
+                              "such as 4K; a value you give applies to every frame); ignored with --tile")
     denoise.add_argument("--temporal", action="store_true",
                          help="denoise a shot_####.exr sequence as one shot, each frame blended with the "
                               "previous one (needs the Vector pass; see docs/temporal.md)")

@@ -65,19 +65,22 @@ MAX_WORK_FACTOR = 3.0
 # (window_budget, automatic_tile). A window costs ~1.25 KB per pixel: onnxruntime's buffers (0.9-1.1 KB,
 # measured on both shipped models, 2026-11-28; more in the first run of a window size) and the window's
 # inputs. A 4K frame with Cycles' passes in float32 takes ~2 GiB itself with its outputs, which leaves
-# windows of ~0.7 megapixels for `fast`. A frame of one window (1080p) is not split for memory: that would
-# repeat work; nor are the windows of a model whose context is too wide to meet the budget (`quality`).
+# windows of ~0.7 megapixels for `fast`. Under the default budget a frame of one window (1080p) is not
+# split for memory, as that would repeat work, nor are the windows of a model whose context is too wide to
+# meet the budget (`quality`); a budget the caller sets (`kprcan denoise --max-memory`) splits any frame.
 MEMORY_BUDGET = 3 * 2**30
 WINDOW_BYTES_PER_PIXEL = 1250
 BASE_BYTES = 150 * 2**20  # the interpreter, numpy, onnxruntime and the model
 
 
 def window_budget(height: int, width: int, multiple: int, frame_bytes: int,
-                  memory_budget: int = MEMORY_BUDGET) -> int:
-    """The largest window, in pixels, for choose_tile: MAX_WINDOW_PIXELS for a frame that fits in one;
-    for a larger frame whose passes and outputs take ``frame_bytes``, windows that keep it within
-    ``memory_budget`` (automatic_tile lets memory give way where that would multiply the work)."""
-    if round_up(height, multiple) * round_up(width, multiple) <= MAX_WINDOW_PIXELS:
+                  memory_budget: int = MEMORY_BUDGET, *, split_one_window: bool = False) -> int:
+    """The largest window, in pixels, for choose_tile: windows that keep a frame whose passes and outputs
+    take ``frame_bytes`` within ``memory_budget`` (automatic_tile lets memory give way where that would
+    multiply the work). A frame that fits in one window gets MAX_WINDOW_PIXELS unless
+    ``split_one_window``."""
+    if (not split_one_window
+            and round_up(height, multiple) * round_up(width, multiple) <= MAX_WINDOW_PIXELS):
         return MAX_WINDOW_PIXELS
     spare = memory_budget - BASE_BYTES - frame_bytes
     return int(min(MAX_WINDOW_PIXELS, max(spare, 0) // WINDOW_BYTES_PER_PIXEL))
@@ -86,12 +89,14 @@ def window_budget(height: int, width: int, multiple: int, frame_bytes: int,
 def automatic_tile(height: int, width: int, radius: int, multiple: int, frame_bytes: int,
                    memory_budget: int | None = None) -> tuple[int, bool]:
     """The tile edge of an automatic run, and whether its windows keep the frame within the budget:
-    choose_tile within window_budget. Where no window within the budget keeps the work under
-    MAX_WORK_FACTOR (a model with a wide context, or a frame that alone exceeds the budget), a budget the
-    caller set gets the smallest windows within that work; the default budget (None: MEMORY_BUDGET) gets
-    the windows sized for speed alone, as shrinking them would cost time without reaching it."""
+    choose_tile within window_budget. A budget the caller set applies to every frame; the default one
+    (None: MEMORY_BUDGET) only to frames that need several windows anyway. Where no window within the
+    budget keeps the work under MAX_WORK_FACTOR (a model with a wide context, or a frame that alone exceeds
+    the budget), a budget the caller set gets the smallest windows within that work; the default budget
+    gets the windows sized for speed alone, as shrinking them would cost time without reaching it."""
     budget = window_budget(height, width, multiple, frame_bytes,
-                           MEMORY_BUDGET if memory_budget is None else memory_budget)
+                           MEMORY_BUDGET if memory_budget is None else memory_budget,
+                           split_one_window=memory_budget is not None)
     tile = choose_tile(height, width, radius, multiple, budget)
     window_height, window_width = window_size(axis_spans(height, tile, radius, multiple),
                                               axis_spans(width, tile, radius, multiple))

@@ -55,3 +55,23 @@ def assert_one_line_error(run: Run, code: int, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in line, line
     return line
+
+
+# Runs argv[1:] in a child of this small process and prints that child's exit status and peak resident
+# KiB (ru_maxrss). Measured from the test process directly, a child's ru_maxrss is at least the test
+# process's own peak: on Linux the peak of the process a child was started from survives its exec.
+_PEAK_OF_CHILD = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
+    "_pid, status, usage = os.wait4(child.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
+)
+
+
+def peak_of_process(command: list[str], **popen) -> tuple[int, int]:
+    """(exit code, peak resident bytes) of ``command`` run to its end (Linux)."""
+    measured = subprocess.run([sys.executable, "-c", _PEAK_OF_CHILD, *command], stdout=subprocess.PIPE,
+                              text=True, check=True, **popen)
+    code, kib = measured.stdout.split()[-2:]
+    return int(code), int(kib) * 1024
+

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import peak_of_process
 from exr_fixtures import mirror_tiled_render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def test_keeping_freed_memory_is_applied_once_and_reports_its_state():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.wait4's peak memory, glibc's mallopt")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB, glibc's mallopt")
 def test_a_4k_frame_of_cycles_passes_denoises_within_the_memory_budget(tmp_path):
     """The command line on a 3840x2160 frame with the 54 float32 channels of examples/noisy.exr (1.7 GiB
     of passes): the frame is denoised in windows sized for tiling.MEMORY_BUDGET, and the process's peak
@@ -70,19 +71,27 @@ def test_a_4k_frame_of_cycles_passes_denoises_within_the_memory_budget(tmp_path)
     assert "Denoised Diffuse" in {p.name for p in read_exr(output).passes}
 
 
-def _peak_of_denoising(source: str, output: Path, tmp_path: Path) -> int:
-    """Peak resident bytes of a whole `kprcan denoise SOURCE -o OUTPUT` process (os.wait4)."""
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB, glibc's mallopt")
+def test_max_memory_keeps_a_1080p_frame_within_it(tmp_path):
+    """A 1080p frame runs in one window by default (3-4 GiB with `fast`); `--max-memory 2` splits it."""
+    frame = mirror_tiled_render(1920, 1080, tmp_path / "frame.exr")
+    peak = _peak_of_denoising(str(frame), tmp_path / "out.exr", tmp_path, "--max-memory", "2")
+    assert peak <= 2 * 2**30, f"peak {peak / 2**30:.2f} GiB"
+
+
+def _peak_of_denoising(source: str, output: Path, tmp_path: Path, *options: str) -> int:
+    """Peak resident bytes of a whole `kprcan denoise SOURCE -o OUTPUT [OPTIONS]` process."""
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "denoiser_core", "denoise", source, "-o",
-                                    str(output), "-q"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=dict(os.environ, HOME=str(tmp_path)))
-        _pid, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr.txt").read_text()
-    return usage.ru_maxrss * 1024
+        code, peak = peak_of_process([sys.executable, "-m", "denoiser_core", "denoise", source, "-o",
+                                      str(output), "-q", *options], cwd=REPO, stderr=stderr,
+                                     env=dict(os.environ, HOME=str(tmp_path)))
+    assert code == 0, (tmp_path / "stderr.txt").read_text()
+    return peak
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.wait4's peak memory, glibc's mallopt")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB, glibc's mallopt")
 def test_a_sequence_peaks_at_one_frames_memory(tmp_path):
     """Each frame hands its freed heap back: a process denoising four 1080p frames peaks where one
     frame does. Kept, the freed blocks fragmented the heap: a six-frame 1080p sequence grew to 7.9 GiB

@@ -174,6 +174,21 @@ def test_windows_shrink_so_a_4k_frame_stays_within_the_memory_budget():
         choose_tile(2160, 3840, 140, 16, budget), True)
 
 
+def test_a_budget_the_caller_sets_splits_a_one_window_frame_too():
+    """The default budget leaves a 1080p frame in one window (splitting it would repeat work); a budget
+    the caller sets (`--max-memory`) is kept by every frame that can keep it."""
+    frame_bytes = _frame_bytes(1080, 1920)
+    default_tile, _within = automatic_tile(1080, 1920, 140, 16, frame_bytes)
+    assert _cost(1080, 1920, default_tile)[0] == 1
+    for gib in (2, 1.5):
+        tile, within = automatic_tile(1080, 1920, 140, 16, frame_bytes, int(gib * 2**30))
+        windows, window, computed = _cost(1080, 1920, tile)
+        assert within and windows > 1 and computed <= MAX_WORK_FACTOR * 1088 * 1920
+        assert BASE_BYTES + frame_bytes + window * WINDOW_BYTES_PER_PIXEL <= gib * 2**30
+    # a budget a one-window frame keeps leaves it whole
+    assert _cost(1080, 1920, automatic_tile(1080, 1920, 140, 16, frame_bytes, 8 * 2**30)[0])[0] == 1
+
+
 @pytest.mark.parametrize("height, width, radius", [(4320, 7680, 140), (2160, 3840, 348)])
 def test_windows_are_sized_for_speed_where_the_memory_budget_cannot_be_met(height, width, radius):
     """An 8K frame alone exceeds the budget; `quality`'s context (348 px) would need windows so small
