@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from training.checkpoint import atomic_write  # noqa: E402
 
 SAMPLE_COUNTS = (16, 64)
 X_TICKS = (50, 75, 100, 150, 200, 300)
@@ -26,11 +24,15 @@ X_TICKS = (50, 75, 100, 150, 200, 300)
 
 def load_curve(path: Path) -> dict:
     curve = json.loads(path.read_text())
-    keys = {"gflop_per_mp", "denoise_s", "label", *(f"psnr_{spp}spp" for spp in SAMPLE_COUNTS)}
-    for point in curve["points"]:
-        missing = keys - point.keys()
+    psnr = {f"psnr_{spp}spp" for spp in SAMPLE_COUNTS}
+    entries = [(f"point {p.get('label', '?')!r}", p, {"gflop_per_mp", "denoise_s", "label", *psnr})
+               for p in curve.get("points", [])] + [("oidn", curve.get("oidn", {}), {"denoise_s", *psnr})]
+    if len(entries) == 1:
+        raise ValueError(f"{path}: no points")
+    for what, entry, keys in entries:
+        missing = keys - entry.keys()
         if missing:
-            raise ValueError(f"{path}: point {point.get('label', '?')!r} lacks {', '.join(sorted(missing))}")
+            raise ValueError(f"{path}: {what} lacks {', '.join(sorted(missing))}")
     return curve
 
 
@@ -68,8 +70,14 @@ def plot(curve: dict, output: Path) -> Path:
         axis.legend(loc="center", fontsize=8)
     figure.suptitle("fast's pruning curve; labels: seconds to denoise a 1080p frame (2-core CPU)",
                     fontsize=10)
-    atomic_write(output, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    plt.close(figure)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")  # never a half-written PNG
+    try:
+        figure.savefig(temp, format="png", dpi=110)
+        os.replace(temp, output)
+    finally:
+        temp.unlink(missing_ok=True)
+        plt.close(figure)
     return output
 
 
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         curve = load_curve(args.data)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError) as error:
         print(f"plot_pruning_curve: {error}", file=sys.stderr)
         return 2
     print(plot(curve, args.output))

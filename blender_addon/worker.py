@@ -333,10 +333,19 @@ def _serve() -> int:
             reply = {"error": f"{type(error).__name__}: {error}", "exit_code": 1}
         finally:
             if message.get("delete_input"):
-                Path(message["input"]).unlink(missing_ok=True)
+                _remove_quietly(Path(message["input"]))
         release_freed_memory()  # before replying: an idle worker holds its model, not the frame's buffers
         send(reply)
     return 0
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a temporary input the job is done with; failing to (a file still open elsewhere on
+    Windows) is said on Blender's console and costs the job nothing."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        print(f"kprcan worker: could not remove {path}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--half", action="store_true", help="write half floats (default: float32)")
     denoise.add_argument("--max-memory", type=_positive_gib, metavar="GIB", default=None,
                          help="memory in GiB a frame is kept within, where that does not multiply the "
-                              "work; more is faster (default: 3, for frames too large for one window, "
-                              "such as 4K; a value you give applies to every frame); ignored with --tile")
+                              "work; more is faster. Without it, 3 for frames too large for one window "
+                              "(4K); a value you give, 3 included, applies to every frame, so 1080p is "
+                              "split too. Ignored with --tile")
     denoise.add_argument("--temporal", action="store_true",
                          help="denoise a shot_####.exr sequence as one shot, each frame blended with the "
                               "previous one (needs the Vector pass; see docs/temporal.md)")

@@ -93,8 +93,8 @@ class Denoiser:
     def __init__(self, info: ModelInfo, session, memory_budget: int | None = None):
         self.info = info
         self._session = session
-        # what a frame of several windows is kept within (tiling.automatic_tile), in bytes; None: the
-        # default, tiling.MEMORY_BUDGET
+        # what a frame is kept within (tiling.automatic_tile), in bytes; None: the default,
+        # tiling.MEMORY_BUDGET, for frames that need several windows anyway
         self.memory_budget = memory_budget
 
     @property
@@ -314,7 +314,8 @@ def _check_sizes(passes: dict[str, np.ndarray]) -> None:
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
                memory_budget: int | None = None) -> Denoiser:
     """Load a model by name or path (None: the default model) for ``device`` (auto, cpu, cuda, ...);
-    ``memory_budget`` (bytes, default tiling.MEMORY_BUDGET) sizes the windows of frames that need several.
+    ``memory_budget`` (bytes) sizes the windows of every frame; by default (None) tiling.MEMORY_BUDGET
+    sizes those of frames that need several windows anyway (tiling.automatic_tile).
 
     The session is built here, once per call (callers keep the Denoiser). An accelerator that cannot run
     falls back to the CPU with one warning saying why (``devices.fallback_reason``).

@@ -6,11 +6,12 @@ the kernel: on a 2-core CPU the first 1080p run of `fast` in onnxruntime spent 4
 kernel (2.5 million page faults). Taking such blocks from the heap and not trimming it lets a run reuse
 the pages its earlier buffers freed: 2.9 s for that run (2026-11-27, idle machine; the whole first 1080p
 frame, 6.4 -> 4.5-5.0 s). A frame denoised in several windows (4K) hands the freed pages back after each
-window (``release_freed_memory``), which keeps its peak at one window's buffers; every frame hands them
-back once it is written (``pipeline.denoise_file``, the extension worker's requests). Kept from frame to
-frame they did not make later frames faster: the next frame's reads split the freed blocks, so
-onnxruntime's did not fit and the heap grew (a six-frame 1080p sequence of `fast`: 7.8-7.9 GiB and frames
-of up to 8.3 s in two of three runs; handed back: 3.0-3.6 GiB, 5.0-5.4 s a frame; 2026-11-28, 2-core CPU).
+window (``release_freed_memory``), which keeps its peak at one window's buffers; a frame's freed buffers
+go back before the next frame is read (``pipeline.denoise_file``) or the extension's worker replies. That
+trades ~0.6 s of page faults a frame for a bounded peak: kept from frame to frame, the freed blocks were
+split by the next frame's reads, onnxruntime's next block did not fit and the heap grew (a six-frame 1080p
+sequence of `fast`: 7.8-7.9 GiB and frames of up to 8.3 s in two of three runs, 3.3 GiB and 4.5 s frames
+in the third; handed back: 3.0-3.7 GiB, 4.5-5.6 s a frame; 2026-11-28, 2-core CPU).
 
 Process-wide, so a library does not do this behind its caller's back: the command line and the extension's
 worker call ``keep_freed_memory`` themselves. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
@@ -56,6 +57,6 @@ def release_freed_memory() -> None:
     """Give the heap's free pages back to the system (``malloc_trim``) where ``keep_freed_memory`` is in
     force. The inference core calls it after each window of a frame denoised in several windows (4K with
     `fast`), so that such a frame peaks at one window's buffers, not at the heap's high-water mark, and
-    ``pipeline.denoise_file`` after each frame, so that a sequence peaks where one frame does."""
+    ``pipeline.denoise_file`` before each frame, so that a sequence peaks where one frame does."""
     if _libc is not None:
         _libc.malloc_trim(0)

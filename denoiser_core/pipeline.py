@@ -164,6 +164,8 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
     check_exr_file(input_path)
     check_output_path(input_path, output_path, overwrite)
     temp = temp_path_for(output_path)  # proves the folder writable before any work
+    # what earlier frames freed (finished or failed) goes back to the system before this one allocates
+    release_freed_memory()
     try:
         denoiser = model if isinstance(model, Denoiser) else load_model(model, device)
         image = read_exr(input_path)
@@ -176,8 +178,6 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    finally:
-        release_freed_memory()  # the frame's buffers, before the next frame allocates its own
     return output_path
 
 

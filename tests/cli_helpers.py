@@ -74,4 +74,3 @@ def peak_of_process(command: list[str], **popen) -> tuple[int, int]:
                               text=True, check=True, **popen)
     code, kib = measured.stdout.split()[-2:]
     return int(code), int(kib) * 1024
-

@@ -124,4 +124,3 @@ def mirror_tiled_render(width: int, height: int, path: Path) -> Path:
     sys.modules[spec.name] = module  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
     return module.synthesise(repo / "examples" / "noisy.exr", width, height, path)
-

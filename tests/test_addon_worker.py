@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_an_idle_worker_holds_its_model_not_the_last_frames_buffers(worker, tmp_
     worker.request("denoise", input=str(source), output=str(tmp_path / "out.exr"), model="fast", device="cpu",
                    tile=0)
     status = dict(line.split(":", 1) for line in
-                  open(f"/proc/{worker._process.pid}/status").read().splitlines())
+                  Path(f"/proc/{worker._process.pid}/status").read_text().splitlines())
     resident, peak = (int(status[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM"))
     assert peak - resident > 500 * 2**20, f"resident {resident / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
 

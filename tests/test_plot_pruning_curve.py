@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "plot_pruning_curve.py"
 DATA = REPO / "benchmarks" / "results" / "pruning_curve.json"
@@ -28,9 +30,10 @@ def test_the_committed_curve_draws_a_png(tmp_path):
     assert list(tmp_path.iterdir()) == [output]  # no temporary file left
 
 
-def test_a_point_without_its_psnr_fails_in_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("entry", ["points", "oidn"])
+def test_an_entry_without_its_psnr_fails_in_one_line_and_writes_nothing(tmp_path, entry):
     curve = json.loads(DATA.read_text())
-    del curve["points"][1]["psnr_64spp"]
+    del (curve["points"][1] if entry == "points" else curve["oidn"])["psnr_64spp"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(curve))
     output = tmp_path / "curve.png"
