@@ -8,10 +8,10 @@ the pages its earlier buffers freed: 2.9 s for that run (2026-11-27, idle machin
 frame, 6.4 -> 4.5-5.0 s). A frame denoised in several windows (4K) hands the freed pages back after each
 window (``release_freed_memory``), which keeps its peak at one window's buffers; a frame's freed buffers
 go back before the next frame is read (``pipeline.denoise_file``) or the extension's worker replies. That
-trades ~0.6 s of page faults a frame for a bounded peak: kept from frame to frame, the freed blocks were
-split by the next frame's reads, onnxruntime's next block did not fit and the heap grew (a six-frame 1080p
-sequence of `fast`: 7.8-7.9 GiB and frames of up to 8.3 s in two of three runs, 3.3 GiB and 4.5 s frames
-in the third; handed back: 3.0-3.7 GiB, 4.5-5.6 s a frame; 2026-11-28, 2-core CPU).
+costs each frame its page faults again, for a bounded peak: kept from frame to frame, the freed blocks
+were split by the next frame's reads, onnxruntime's next block did not fit and the heap grew (a six-frame
+1080p sequence of `fast`: 7.9 and 11.4 GiB, 35.5 and 40.2 s, frames of up to 7.6 s; handed back: 3.5-3.8
+GiB, 29.2-29.9 s, frames of 4.5-5.5 s; 2026-11-28, idle 2-core CPU).
 
 Process-wide, so a library does not do this behind its caller's back: the command line and the extension's
 worker call ``keep_freed_memory`` themselves. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
