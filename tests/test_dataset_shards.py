@@ -242,6 +242,52 @@ def test_bundle_round_trip_keeps_views_whole_and_values_close(packed, tmp_path):
     assert not (tmp_path / "broken" / "train-p32" / "index.json").exists()
 
 
+def test_a_bundle_in_parts_unpacks_into_the_whole_folder(packed, tmp_path):
+    """bundle --after leaves out the views earlier parts hold; unbundle joins the parts of a folder (the
+    same part twice adds nothing) and refuses to join a folder packed another way."""
+    import zipfile
+
+    from training.datagen import bundle
+    from training.datagen.__main__ import main as datagen_main
+
+    work = tmp_path / "views"  # whole views, a shard each: the unit a bundle is filled with
+    shutil.copytree(packed[0], work)
+    pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0)
+    source = work / "packed" / "train-full"
+    index = json.loads((source / "index.json").read_text())
+    whole = bundle.write_bundle(tmp_path / "whole.zip", [source], [])["bytes"]
+    first, second = tmp_path / "b1.zip", tmp_path / "b2.zip"
+    assert datagen_main(["bundle", "--out", str(first), "--fill", str(source),
+                         "--max-mb", str(whole * 0.7 / 1e6)]) == 0
+    assert datagen_main(["bundle", "--out", str(second), "--fill", str(source), "--after", str(first)]) == 0
+    views_first = bundle.bundled_views([first])["train-full"]
+    views_second = bundle.bundled_views([second])["train-full"]
+    assert views_first and views_second and not views_first & views_second
+    assert views_first | views_second == set(index["packed_views"])
+
+    out = tmp_path / "unpacked"
+    assert datagen_main(["unbundle", str(first), str(second), "--out", str(out)]) == 0
+    merged = json.loads((out / "train-full" / "index.json").read_text())
+    assert sorted(s["file"] for s in merged["shards"]) == sorted(s["file"] for s in index["shards"])
+    assert sorted(merged["packed_views"]) == sorted(index["packed_views"])
+    assert len(ShardDataset(out / "train-full", patch_size=24)) == sum(s["count"] for s in index["shards"])
+    bundle.extract_bundle(second, out)
+    assert json.loads((out / "train-full" / "index.json").read_text()) == merged
+
+    other = tmp_path / "other.zip"  # the same folder name, packed with another patch size
+    with zipfile.ZipFile(first) as good, zipfile.ZipFile(other, "w") as changed:
+        for name in good.namelist():
+            data = good.read(name)
+            if name.endswith("index.json"):
+                data = json.dumps({**json.loads(data), "patch": 48}).encode()
+            changed.writestr(name, data)
+    with pytest.raises(ValueError, match="already holds other shards.*patch differ"):
+        bundle.extract_bundle(other, out)
+    assert json.loads((out / "train-full" / "index.json").read_text()) == merged
+    assert datagen_main(["bundle", "--out", str(tmp_path / "b3.zip"), "--fill", str(source),
+                         "--after", str(tmp_path / "missing.zip")]) == 2
+
+
 def test_mantissa_rounding_is_nearest_and_leaves_specials_alone():
     from training.datagen.bundle import round_mantissa
 
@@ -355,7 +401,10 @@ def test_gpu_recipe_trains_from_a_bundle_for_a_wall_clock_budget(packed, tmp_pat
     work = tmp_path / "views"
     shutil.copytree(packed[0], work)
     pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0)
-    bundle.write_bundle(tmp_path / "bundle.zip", [work / "packed" / "train-full"], [])
+    source = work / "packed" / "train-full"  # in two parts, as for an upload too small for one
+    whole = bundle.write_bundle(tmp_path / "whole.zip", [source], [])["bytes"]
+    bundle.write_bundle(tmp_path / "b1.zip", [], [source], max_mb=whole * 0.7 / 1e6)
+    bundle.write_bundle(tmp_path / "b2.zip", [], [source], after=[tmp_path / "b1.zip"])
     config = tmp_path / "small.yaml"  # a KPCN small enough to plan 100+ steps into half a minute
     config.write_text(f"base: {CONFIGS / 'kpcn.yaml'}\nmodel: {{width: 8, depth: 3, kernel_size: 3, "
                       "predict_kernel: 3}\ndata: {patch_size: 32, batch_size: 2, workers: 0, val_batches: 1, "
@@ -363,8 +412,9 @@ def test_gpu_recipe_trains_from_a_bundle_for_a_wall_clock_budget(packed, tmp_pat
     run_dir = tmp_path / "run"
     environment = {**os.environ, "PYTHON": sys.executable, "CONFIG": str(config), "VAL_SET": "train-full",
                    "OMP_NUM_THREADS": "1"}
-    command = ["sh", "training/train_on_gpu.sh", str(tmp_path / "bundle.zip"), "0.5", str(run_dir),
-               "--probe-steps", "10", "--no-progress"]
+    parts = f"{tmp_path / 'b1.zip'},{tmp_path / 'b2.zip'}"
+    command = ["sh", "training/train_on_gpu.sh", parts, "0.5", str(run_dir), "--probe-steps", "10",
+               "--no-progress"]
     done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     stored = json.loads((run_dir / "config.json").read_text())
@@ -372,3 +422,5 @@ def test_gpu_recipe_trains_from_a_bundle_for_a_wall_clock_budget(packed, tmp_pat
     assert (run_dir / "checkpoints" / "best.safetensors").exists()
     assert "inference 64x64 on cpu" in done.stdout
     assert not Path(stored["data"]["train"][0]).exists()  # the unpacked bundle is a temporary folder
+    shards = len(json.loads((source / "index.json").read_text())["shards"])
+    assert f"'train-full': {shards}" in done.stdout  # both parts' shards, joined

@@ -251,6 +251,33 @@ def test_kpunet_takes_a_kernel_size_per_level_and_loads_larger_kernels_by_their_
         build_arch({**spec, "predict_kernel": [3, 5]}, 6)
 
 
+def test_a_pruned_network_takes_another_kernel_size(tmp_path):
+    """A pruned config's ``channels`` give the heads their (pruned) inputs but not their rows, which
+    follow ``predict_kernel``: the shipped, pruned ``fast`` with 3x3 kernels at full resolution builds,
+    loads the 5x5 weights by their central taps, and runs (training/configs/fast_k3_gpu.yaml)."""
+    from safetensors.torch import load_file
+
+    from training.checkpoint import load_weights
+
+    config = tmp_path / "fast_k3.yaml"
+    config.write_text(f"base: {REPO / 'models' / 'fast.json'}\nmodel: {{predict_kernel: [3, 5, 5, 5, 5]}}\n")
+    graph = build_graph(load_config([config])).eval()
+    assert load_config_json(REPO / "models" / "fast.json").model["channels"]  # it is a pruned network
+    load_weights(REPO / "models" / "fast.safetensors", graph)
+    stored = load_file(REPO / "models" / "fast.safetensors")
+    grid = torch.arange(25).view(5, 5)
+    central = grid[1:4, 1:4].flatten().tolist()
+    for name, signals in (("diffuse", 2), ("specular", 1)):
+        head = getattr(graph.nets, name).heads[0]
+        assert head.out_channels == signals * (9 + 1)
+        rows = [offset + tap for offset in range(0, signals * 26, 26) for tap in central + [25]]
+        assert torch.equal(head.weight.detach(), stored[f"nets.{name}.heads.0.weight"][rows])
+        assert getattr(graph.nets, name).heads[1].out_channels == signals * (25 + 1)
+    with torch.no_grad():
+        outputs = graph(**example_inputs(graph, 32, 32))
+    assert all(torch.isfinite(output).all() for output in outputs)
+
+
 def test_kpunet_attention_blocks_deepen_the_levels_and_start_as_the_identity_from_shallower_weights():
     spec = {"type": "kpunet", "widths": [8, 16, 16], "norm": "batch"}
     shallow = build_arch(spec, 6).eval()

@@ -49,10 +49,13 @@ def finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
-def set_layer_channels(module: nn.Module, channels: dict[str, list[int]]) -> None:
+def set_layer_channels(module: nn.Module, channels: dict[str, list[int]],
+                       design_outputs: frozenset[str] = frozenset()) -> None:
     """Give the layers ``channels`` names (paths in ``module``) these ``[in, out]`` channel counts: each
     convolution or batch norm is replaced by a fresh one of that size with its other settings kept. How a
-    config (``model.channels``) rebuilds a network whose channels were pruned; load its weights after."""
+    config (``model.channels``) rebuilds a network whose channels were pruned; load its weights after.
+    Layers in ``design_outputs`` keep their output count (kernel logits: the design's, so a pruned
+    network can change its kernel size, training/configs/fast_k3_gpu.yaml) and take only the inputs."""
     for path, (in_channels, out_channels) in channels.items():
         owner_path, _, name = path.rpartition(".")
         try:
@@ -60,6 +63,8 @@ def set_layer_channels(module: nn.Module, channels: dict[str, list[int]]) -> Non
             layer = getattr(owner, name)
         except AttributeError:
             raise ValueError(f"model.channels names {path}, which this model does not have") from None
+        if path in design_outputs and isinstance(layer, nn.Conv2d):
+            out_channels = layer.out_channels
         if isinstance(layer, nn.Conv2d):
             resized = nn.Conv2d(in_channels, out_channels, layer.kernel_size, layer.stride, layer.padding,
                                 layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
@@ -98,7 +103,10 @@ class DenoiserGraph(nn.Module):
                                                  else architecture, self.feature_channels)
                                    for c in COMPONENTS})
         if model.get("channels"):  # a pruned graph (training/prune.py)
-            set_layer_channels(self, model["channels"])
+            outputs = {id(layer) for net in self.nets.values() if hasattr(net, "output_layers")
+                       for layer in net.output_layers()}
+            set_layer_channels(self, model["channels"], frozenset(
+                name for name, layer in self.named_modules() if id(layer) in outputs))
         # Extra input channels the networks' first convolutions take, with zero weights (export's
         # pad_input_channels): the result is unchanged, and onnxruntime runs a convolution whose input
         # channels are a multiple of its NCHWc block (16 with AVX-512) about twice as fast.

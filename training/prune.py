@@ -93,9 +93,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.archs.single_scale import SingleScaleNet
 from training.archs.summary import flops_per_megapixel, parameter_count
-from training.archs.unet import MultiScaleKPUNet
 from training.checkpoint import RunFolder, atomic_write, load_weights, save_weights, write_json
 from training.config import (
     Config,
@@ -159,11 +157,9 @@ def settings_from_dict(raw: dict) -> PruneSettings:
 
 def output_layers(network: nn.Module) -> list[nn.Module]:
     """The convolutions that write a component network's outputs: never pruned."""
-    if isinstance(network, MultiScaleKPUNet):
-        return list(network.heads)  # kernel logits and blend weight per level
-    if isinstance(network, SingleScaleNet):
-        return [network.tail]  # kernel logits (or colour)
-    raise ValueError(f"prune: no output layers known for {type(network).__name__}")
+    if not hasattr(network, "output_layers"):
+        raise ValueError(f"prune: no output layers known for {type(network).__name__}")
+    return network.output_layers()
 
 
 def layer_channels(graph: DenoiserGraph) -> dict[str, list[int]]:

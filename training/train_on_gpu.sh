@@ -5,6 +5,7 @@
 #
 #   sh training/train_on_gpu.sh BUNDLE MINUTES RUN_DIR [train.py options...]
 #   sh training/train_on_gpu.sh quality-bundle.zip 10 runs/quality_gpu --init models/quality.safetensors
+#   sh training/train_on_gpu.sh part1.zip,part2.zip 10 runs/quality_gpu ...   # a bundle in parts (--after)
 #
 # Run from the repository root, with the package installed (pip install -e ".[train]"). The bundle is
 # unpacked into a temporary folder; the run trains on its TRAIN_SET folder (default train-full) and
@@ -23,7 +24,9 @@ DATA=$(mktemp -d)
 trap 'rm -rf "$DATA"' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-"$PY" -m training.datagen unbundle "$BUNDLE" --out "$DATA"
+# BUNDLE may name several parts, comma-separated (bundle --after); each folder's parts join unpacked
+# (so no commas or spaces in their paths)
+"$PY" -m training.datagen unbundle $(echo "$BUNDLE" | tr ',' ' ') --out "$DATA"
 # --minutes plans the run to end inside the budget; the hard stop only guards against a stalled machine
 status=0
 timeout "$(awk "BEGIN{print int($MINUTES * 60 + 120)}")" "$PY" training/train.py --config "$CONFIG" \

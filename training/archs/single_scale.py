@@ -44,6 +44,11 @@ class SingleScaleNet(nn.Module):
         reach = max(radius_of(head, body, tail), predict_kernel // 2 if predict_kernel else 0)
         self.receptive_radius = declared_radius(self, reach)
 
+    def output_layers(self) -> list[nn.Module]:
+        """The convolution that writes the output (kernel logits or colour): its output count is the
+        design's, never pruned (training/prune.py) nor taken from a pruned config's ``channels``."""
+        return [self.tail]
+
     def forward(self, features: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
         head = self.head(features)
         body = self.body(head)

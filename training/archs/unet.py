@@ -83,6 +83,12 @@ class MultiScaleKPUNet(nn.Module):
                                    for i, w in enumerate(widths))
         self.receptive_radius = self._radius()
 
+    def output_layers(self) -> list[nn.Module]:
+        """The convolutions that write the outputs (each level's kernel logits and blend weight): their
+        output counts are the design's (``predict_kernel``, ``signals``), never pruned
+        (training/prune.py) nor taken from a pruned config's ``channels``."""
+        return list(self.heads)
+
     def _head_rows(self, level: int) -> int:
         """Logits one signal takes from a level's head: its kernel's taps, then a blend weight (not at
         the coarsest level)."""

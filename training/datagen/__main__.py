@@ -9,6 +9,8 @@
     python -m training.datagen summary --out data --docs docs                       # stats + contact sheet
     python -m training.datagen bundle --out b.zip --whole data/packed/val-full --fill data/packed/train-full
     python -m training.datagen unbundle b.zip --out data/bundle                     # on the other machine
+    python -m training.datagen bundle --out b2.zip --fill data/packed/train-full --max-mb 60 --after b.zip
+    python -m training.datagen unbundle b.zip b2.zip --out data/bundle              # parts join
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-mb", type=float, default=None, help="size limit of the bundle (MB, 10^6 bytes)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--lossless", action="store_true", help="keep every mantissa bit (about 1.7x larger)")
-    u = sub.add_parser("unbundle", help="unpack a bundle into packed-shard folders")
-    u.add_argument("bundle", type=Path)
+    b.add_argument("--after", type=Path, nargs="*", default=[], metavar="BUNDLE",
+                   help="leave out the --fill views these bundles hold (a dataset in several uploads)")
+    u = sub.add_parser("unbundle", help="unpack bundles into packed-shard folders (parts of a folder join)")
+    u.add_argument("bundles", type=Path, nargs="+", metavar="bundle")
     u.add_argument("--out", type=Path, required=True, help="folder to unpack into (one subfolder each)")
     return parser
 
@@ -136,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                 def report(name, shards, size):
                     print(f"\r{name}: {shards} shards, {size / 1e6:.1f} MB", end="", file=sys.stderr)
                 stats = bundle.write_bundle(args.out, args.whole, args.fill, args.max_mb, args.seed,
-                                            args.lossless, progress=report)
+                                            args.lossless, progress=report, after=args.after)
                 print(file=sys.stderr)
             else:
-                stats = bundle.extract_bundle(args.bundle, args.out)
+                stats = {}
+                for path in args.bundles:
+                    for name, shards in bundle.extract_bundle(path, args.out).items():
+                        stats[name] = stats.get(name, 0) + shards
         except (ValueError, OSError, zipfile.BadZipFile) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

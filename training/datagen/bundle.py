@@ -6,7 +6,15 @@ colleague's box), and unpacked there into the same folders ``ShardDataset`` read
     python -m training.datagen unbundle data/bundle.zip --out data/bundle   # -> data/bundle/train-full, ...
 
 ``--whole`` folders go in entirely; ``--fill`` folders add whole views in a seeded random order while the
-bundle stays under ``--max-mb``. Each shard is stored as its fp16 bits, rounded to fewer mantissa bits
+bundle stays under ``--max-mb``. Where one upload is too small, ``--after`` leaves out the views earlier
+bundles hold, and ``unbundle`` takes them all, merging each folder's parts:
+
+    python -m training.datagen bundle --out b1.zip --fill data/packed/train-full --max-mb 60
+    python -m training.datagen bundle --out b2.zip --whole data/packed/val-full \
+        --fill data/packed/train-full --max-mb 60 --after b1.zip
+    python -m training.datagen unbundle b1.zip b2.zip --out data/bundle
+
+Each shard is stored as its fp16 bits, rounded to fewer mantissa bits
 (``MANTISSA_BITS``: the rounding error, at most 2^-(bits+1) relative, sits far below the Monte Carlo noise
 of the inputs and of the references), high bytes before low bytes, and xz-compressed: about 4.3x smaller
 than the .npy files, against 2.7x lossless (``--lossless`` keeps every bit). A zip of stored members, so a
@@ -77,10 +85,28 @@ def _view_groups(index: dict) -> list[list[dict]]:
     return list(groups.values())
 
 
+def bundled_views(bundles: list[Path]) -> dict[str, set[str]]:
+    """Folder name -> the views these bundles hold of it."""
+    views: dict[str, set[str]] = {}
+    for path in bundles:
+        try:
+            with zipfile.ZipFile(path) as bundle:
+                for member in bundle.namelist():
+                    if member.endswith("/index.json"):
+                        index = json.loads(bundle.read(member))
+                        views.setdefault(str(Path(member).parent), set()).update(index["packed_views"])
+        except (KeyError, json.JSONDecodeError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: not a readable shard bundle ({type(error).__name__}: {error})"
+                             ) from None
+    return views
+
+
 def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float | None = None,
-                 seed: int = 0, lossless: bool = False, progress=None) -> dict:
-    """Write the bundle atomically; returns how many shards and views of each folder went in."""
+                 seed: int = 0, lossless: bool = False, progress=None, after: list[Path] = ()) -> dict:
+    """Write the bundle atomically; returns how many shards and views of each folder went in. Views that
+    the ``after`` bundles hold of a ``fill`` folder of the same name are left out."""
     out = Path(out)
+    taken = bundled_views(list(after))
     names = [Path(folder).name for folder in [*whole, *fill]]
     if len(set(names)) != len(names):
         raise ValueError(f"bundled folders need distinct names, got {names}")
@@ -102,6 +128,8 @@ def write_bundle(out: Path, whole: list[Path], fill: list[Path], max_mb: float |
                 groups = _view_groups(index)
                 if fill_folder:
                     random.Random(seed).shuffle(groups)
+                    earlier = taken.get(folder.name, set())
+                    groups = [g for g in groups if not {i["view"] for s in g for i in s["items"]} & earlier]
                 kept, shapes = [], {}
                 for group in groups:
                     encoded = []
@@ -145,10 +173,39 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
+# index fields that must agree for two bundles' parts of a folder to be one folder
+_SAME_FOLDER = ("version", "channels", "patch", "denoise_residual", "demodulate_specular")
+
+
+def _merged_index(folder: Path, index: dict) -> dict:
+    """``index`` joined with what an earlier bundle unpacked into ``folder`` (its other views; the same
+    part unpacked again adds nothing). A folder of another kind, or shards of the same name holding other
+    views, is an error: they come from different packed folders."""
+    path = folder / "index.json"
+    if not path.is_file():
+        return index
+    earlier = json.loads(path.read_text())
+    differing = [key for key in _SAME_FOLDER if earlier.get(key) != index.get(key)]
+    if "bundle" not in earlier or differing:
+        why = f"its {', '.join(differing)} differ" if differing else "it was not unpacked from a bundle"
+        raise ValueError(f"{folder} already holds other shards ({why}); unpack into another --out")
+    shards = {shard["file"]: shard for shard in earlier["shards"]}
+    for shard in index["shards"]:
+        if shard["file"] in shards and shard["items"] != shards[shard["file"]]["items"]:
+            raise ValueError(f"{folder}: {shard['file']} of another packed folder is already there; "
+                             "unpack into another --out")
+        shards[shard["file"]] = shard
+    shapes = {**earlier["bundle"]["shapes"], **index["bundle"]["shapes"]}
+    views = sorted(set(earlier["packed_views"]) | set(index["packed_views"]))
+    return {**index, "shards": list(shards.values()), "packed_views": views,
+            "bundle": {**index["bundle"], "shapes": shapes}}
+
+
 def extract_bundle(bundle_path: Path, out: Path) -> dict:
-    """Unpack every folder of the bundle under ``out``. Shards are written through temporary files, and a
-    folder's index.json is removed first and written last, so an interrupted or failed unpack never leaves
-    an index naming a missing or partial shard. Damaged bundles raise ValueError."""
+    """Unpack every folder of the bundle under ``out``, joining a folder that an earlier bundle's part of
+    the same packed folder was unpacked into (``--after``). Shards are written through temporary files,
+    and a folder's index.json is replaced last, so an interrupted or failed unpack never leaves an index
+    naming a missing or partial shard. Damaged bundles raise ValueError."""
     out = Path(out)
     stats = {}
     try:
@@ -160,8 +217,8 @@ def extract_bundle(bundle_path: Path, out: Path) -> dict:
                 folder_name = str(Path(member).parent)
                 folder = _inside(out, folder_name)
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / "index.json").unlink(missing_ok=True)
                 index = json.loads(bundle.read(member))
+                merged = _merged_index(folder, index)
                 shapes = index["bundle"]["shapes"]
                 for shard in index["shards"]:
                     if Path(shard["file"]).name != shard["file"]:
@@ -169,7 +226,7 @@ def extract_bundle(bundle_path: Path, out: Path) -> dict:
                     array = decode_shard(bundle.read(f"{folder_name}/{shard['file']}.xz"),
                                          shapes[shard["file"]])
                     save_atomic(_inside(folder, shard["file"]), lambda f, a=array: np.save(f, a))
-                save_atomic(folder / "index.json", lambda f, i=index: f.write(json.dumps(i).encode()))
+                save_atomic(folder / "index.json", lambda f, i=merged: f.write(json.dumps(i).encode()))
                 stats[folder.name] = len(index["shards"])
     except (KeyError, lzma.LZMAError, json.JSONDecodeError, zipfile.BadZipFile) as error:
         raise ValueError(f"{bundle_path}: damaged bundle ({type(error).__name__}: {error})") from None
