@@ -34,7 +34,8 @@ timeout "$(awk "BEGIN{print int($MINUTES * 60 + 120)}")" "$PY" training/train.py
     --set "data.train=[$DATA/${TRAIN_SET:-train-full}]" --set "data.val=[$DATA/${VAL_SET:-val-full}]" \
     "$@" || status=$?
 "$PY" - "$RUN" <<'PY' || true
-# inference time of the run's best (else latest) weights on one 1080p frame in torch, median of 3
+# inference time of the run's best (else latest) weights on one 1080p frame in torch, median of 3 (the
+# frame padded to the network's size multiple, as the core's windows are: 1088 rows for a U-Net)
 import sys
 import time
 
@@ -48,7 +49,9 @@ run = RunFolder(sys.argv[1])
 graph = build_graph(load_config_json(run.config_path))
 load_weights(run.weights_path(run.best_or_latest()), graph)
 device = "cuda" if torch.cuda.is_available() else "cpu"
-size = (1080, 1920) if device == "cuda" else (64, 64)  # a CPU only checks that the weights run
+multiple = graph.size_multiple
+size = tuple(-(-n // multiple) * multiple for n in ((1080, 1920) if device == "cuda" else (61, 61)))
+# (on a CPU, 61x61 only checks that the weights run, through the same padding)
 graph = graph.to(device).eval()
 inputs = {k: v.to(device) for k, v in example_inputs(graph, *size).items()}
 times = []
