@@ -157,8 +157,12 @@ def test_minutes_plans_the_steps_from_a_probe_and_records_them(tmp_path):
     from training.train import plan_steps
 
     assert plan_steps(100.0, 0.09) == 1000 and plan_steps(1000.0, 0.5) == 1800
+    # eleven validations of 2 s come off the 90 s first: (90 - 22) / 0.09 = 755 steps
+    assert plan_steps(100.0, 0.09, per_validation_s=2.0) == 700
     with pytest.raises(ValueError, match="give more --minutes"):
         plan_steps(10.0, 1.0)
+    with pytest.raises(ValueError, match="give more --minutes"):
+        plan_steps(100.0, 0.01, per_validation_s=9.0)
     run_dir = tmp_path / "timed"
     args = ["training/train.py", "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY), "--minutes",
             "0.6", "--run-dir", str(run_dir), "--probe-steps", "10", "--no-progress"]
@@ -170,5 +174,7 @@ def test_minutes_plans_the_steps_from_a_probe_and_records_them(tmp_path):
     assert config["steps"] >= 100 and config["steps"] % 100 == 0
     assert config["val_interval"] == config["checkpoint_interval"] == max(100, config["steps"] // 1000 * 100)
     assert RunFolder(run_dir).load_state("latest")["step"] == config["steps"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < row["validation_seconds"] < row["seconds"] for row in rows)
     again = run_script(*args)
     assert again.returncode == 2 and "already holds a run" in again.stderr

@@ -213,6 +213,7 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
                 writer.add_scalar(f"train/{key}", value, step)
             clock, patches, window = time.perf_counter(), 0, []
         if val_set is not None and (step % config.train.val_interval == 0 or step == total):
+            validation_started = time.perf_counter()
             scores = validate(graph, val_set, config, device) if rank == 0 else dict.fromkeys(VAL_KEYS, 0.0)
             score = torch.tensor([scores[key] for key in VAL_KEYS], device=device)  # nccl: device tensors
             if world > 1:
@@ -227,6 +228,7 @@ def train(config: Config, run_dir: str | Path, init: str | Path | None = None, t
                 recent = [item[2] for item in losses[-config.train.val_interval:]]
                 append_metrics(run.path / "metrics.jsonl", {
                     "step": step, "stage": stage_index, "seconds": round(time.perf_counter() - started, 3),
+                    "validation_seconds": round(time.perf_counter() - validation_started, 3),
                     "train_loss": sum(recent) / len(recent) if recent else None,
                     **{key: round(number, 6) for key, number in scores.items()}})
                 bar.write(f"step {step}: validation PSNR {value:.2f} dB "
@@ -273,7 +275,7 @@ def resolve_config(config_paths: list[str], overrides: list[str], run_dir: str |
     return config, run.path
 
 
-BUDGET_SHARE = 0.9  # of the time left after the probe, planned for steps: the rest absorbs validation, saving
+BUDGET_SHARE = 0.9  # of the time left after the probe, for steps and validations; the rest absorbs saving
 
 
 def with_train(config: Config, **values) -> Config:
@@ -281,9 +283,13 @@ def with_train(config: Config, **values) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **values))
 
 
-def seconds_per_step(config: Config, probe_steps: int) -> float:
-    """Seconds per step between the probe's two validations (after warm-up: cuDNN's algorithm search,
-    the data workers' start), one validation included."""
+VALIDATIONS = 11  # a run planned by --minutes validates every tenth of its steps, and at its end
+
+
+def seconds_per_step(config: Config, probe_steps: int) -> tuple[float, float]:
+    """Seconds per training step between the probe's two validations (after warm-up: cuDNN's algorithm
+    search, the data workers' start), and seconds per validation (the second one). Apart, because a
+    planned run validates ``VALIDATIONS`` times in all, not once every half probe."""
     half = max(1, probe_steps // 2)
     probe = with_train(config, steps=2 * half, val_interval=half, checkpoint_interval=10**9,
                        log_interval=half)
@@ -292,14 +298,16 @@ def seconds_per_step(config: Config, probe_steps: int) -> float:
         rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
     if len(rows) < 2:
         raise ValueError("--minutes needs validation data (data.val) to time its probe")
+    validation = rows[-1]["validation_seconds"]
     # metrics.jsonl keeps milliseconds; a floor keeps an implausibly fast probe from planning without end
-    return max(rows[-1]["seconds"] - rows[-2]["seconds"], 1e-3) / half
+    return max(rows[-1]["seconds"] - rows[-2]["seconds"] - validation, 1e-3) / half, validation
 
 
-def plan_steps(budget_s: float, per_step_s: float, minimum: int = 100) -> int:
-    """Steps that fit ``BUDGET_SHARE`` of the budget, rounded down to a multiple of 100 (at least
-    ``minimum``)."""
-    steps = int(budget_s * BUDGET_SHARE / per_step_s) // 100 * 100
+def plan_steps(budget_s: float, per_step_s: float, minimum: int = 100, per_validation_s: float = 0.0) -> int:
+    """Steps that fit ``BUDGET_SHARE`` of the budget after ``VALIDATIONS`` validations, rounded down to
+    a multiple of 100 (at least ``minimum``)."""
+    training_s = budget_s * BUDGET_SHARE - VALIDATIONS * per_validation_s
+    steps = max(0, int(training_s / per_step_s) // 100 * 100)
     if steps < minimum:
         raise ValueError(f"{budget_s:.0f} s fit only {steps} steps at {per_step_s:.3f} s/step; "
                          "give more --minutes")
@@ -311,12 +319,12 @@ def fit_to_budget(config: Config, deadline: float, probe_steps: int) -> Config:
     ``deadline`` (``time.perf_counter()`` seconds), measured by a probe run."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--minutes plans a single-process run; give a torchrun run train.steps")
-    per_step = seconds_per_step(config, probe_steps)
+    per_step, per_validation = seconds_per_step(config, probe_steps)
     remaining = deadline - time.perf_counter()
-    steps = plan_steps(remaining, per_step)
+    steps = plan_steps(remaining, per_step, per_validation_s=per_validation)
     interval = max(100, steps // 10 // 100 * 100)
-    print(f"train: {per_step:.4f} s/step measured; {steps} steps planned in {remaining:.0f} s",
-          file=sys.stderr, flush=True)
+    print(f"train: {per_step:.4f} s/step and {per_validation:.1f} s/validation measured; {steps} steps "
+          f"planned in {remaining:.0f} s", file=sys.stderr, flush=True)
     return with_train(config, steps=steps, val_interval=interval, checkpoint_interval=interval)
 
 
