@@ -50,6 +50,11 @@ def test_an_averaged_run_exports_and_runs_through_the_core(tmp_path, capsys):
     assert average_main([str(tuned_run.path), "--start", str(tmp_path / "none.safetensors"),
                          "--run-dir", str(tmp_path / "other")]) == 2
     assert "cannot read weights" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    truncated = tmp_path / "truncated.safetensors"  # a damaged file, not a missing one
+    truncated.write_bytes(start.read_bytes()[:1000])
+    arguments = [str(tuned_run.path), "--start", str(truncated), "--run-dir", str(tmp_path / "other")]
+    assert average_main(arguments) == 2
+    assert "cannot read weights" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
     onnx_path = export_run(out, tmp_path / "averaged.onnx")  # the core's contract, and torch's output
     assert read_model_info(onnx_path).name == "averaged"

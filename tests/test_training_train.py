@@ -154,15 +154,21 @@ def test_validation_that_reads_only_part_of_the_set_says_so(tmp_path, capsys):
 
 
 def test_minutes_plans_the_steps_from_a_probe_and_records_them(tmp_path):
-    from training.train import plan_steps
+    from training.train import plan_steps, validation_interval
 
     assert plan_steps(100.0, 0.09) == 1000 and plan_steps(1000.0, 0.5) == 1800
-    # eleven validations of 2 s come off the 90 s first: (90 - 22) / 0.09 = 755 steps
-    assert plan_steps(100.0, 0.09, per_validation_s=2.0) == 700
+    # validations of 2 s come off the 90 s: 800 steps (72 s) validate 8 times (16 s); 900 would not fit
+    assert plan_steps(100.0, 0.09, per_validation_s=2.0) == 800
+    for budget, per_step, per_validation in ((100.0, 0.09, 2.0), (600.0, 0.05, 5.0), (3000.0, 0.02, 30.0)):
+        steps = plan_steps(budget, per_step, per_validation_s=per_validation)
+        for planned in (steps, steps + 100):
+            validations = -(-planned // validation_interval(planned))
+            fits = planned * per_step + validations * per_validation <= budget * 0.9 + 1e-9
+            assert fits == (planned == steps), (budget, planned)
     with pytest.raises(ValueError, match="give more --minutes"):
         plan_steps(10.0, 1.0)
     with pytest.raises(ValueError, match="give more --minutes"):
-        plan_steps(100.0, 0.01, per_validation_s=9.0)
+        plan_steps(100.0, 0.01, per_validation_s=100.0)
     run_dir = tmp_path / "timed"
     args = ["training/train.py", "--config", str(CONFIGS / "kpcn.yaml"), "--config", str(TINY), "--minutes",
             "0.6", "--run-dir", str(run_dir), "--probe-steps", "10", "--no-progress"]
@@ -172,7 +178,7 @@ def test_minutes_plans_the_steps_from_a_probe_and_records_them(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())["train"]
     assert f"to step {config['steps']} " in done.stdout
     assert config["steps"] >= 100 and config["steps"] % 100 == 0
-    assert config["val_interval"] == config["checkpoint_interval"] == max(100, config["steps"] // 1000 * 100)
+    assert config["val_interval"] == config["checkpoint_interval"] == validation_interval(config["steps"])
     assert RunFolder(run_dir).load_state("latest")["step"] == config["steps"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < row["validation_seconds"] < row["seconds"] for row in rows)

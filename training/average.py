@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from training.checkpoint import RunFolder, atomic_write
@@ -60,7 +61,7 @@ def average_run(run_dir: str | Path, start: str | Path, alpha: float, out_dir: s
     try:
         start_weights = load_file(str(start))
         tuned = load_file(str(run.weights_path(tag or run.best_or_latest())))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise ValueError(f"cannot read weights: {error}") from None
     mixed = average_weights(start_weights, tuned, alpha)
     atomic_write(out.weights_path("best"), lambda tmp: save_file(
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", required=True, help="the weights it started from (.safetensors)")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the fine-tune (default 0.5)")
     parser.add_argument("--run-dir", dest="out_dir", required=True, help="run folder to write")
-    parser.add_argument("--tag", choices=["best", "latest"], help="checkpoint of the run (default best)")
+    parser.add_argument("--tag", choices=["best", "latest"],
+                        help="checkpoint of the run (default best, else latest)")
     args = parser.parse_args(argv)
     try:
         path = average_run(args.run_dir, args.start, args.alpha, args.out_dir, args.tag)

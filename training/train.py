@@ -283,13 +283,12 @@ def with_train(config: Config, **values) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **values))
 
 
-VALIDATIONS = 11  # a run planned by --minutes validates every tenth of its steps, and at its end
 
 
 def seconds_per_step(config: Config, probe_steps: int) -> tuple[float, float]:
     """Seconds per training step between the probe's two validations (after warm-up: cuDNN's algorithm
     search, the data workers' start), and seconds per validation (the second one). Apart, because a
-    planned run validates ``VALIDATIONS`` times in all, not once every half probe."""
+    planned run validates about ten times in all (``validation_interval``), not once every half probe."""
     half = max(1, probe_steps // 2)
     probe = with_train(config, steps=2 * half, val_interval=half, checkpoint_interval=10**9,
                        log_interval=half)
@@ -303,11 +302,24 @@ def seconds_per_step(config: Config, probe_steps: int) -> tuple[float, float]:
     return max(rows[-1]["seconds"] - rows[-2]["seconds"] - validation, 1e-3) / half, validation
 
 
+def validation_interval(steps: int) -> int:
+    """Validation (and checkpoint) interval of a run planned by --minutes: about a tenth of its steps, in
+    hundreds, at least 100."""
+    return max(100, steps // 10 // 100 * 100)
+
+
 def plan_steps(budget_s: float, per_step_s: float, minimum: int = 100, per_validation_s: float = 0.0) -> int:
-    """Steps that fit ``BUDGET_SHARE`` of the budget after ``VALIDATIONS`` validations, rounded down to
-    a multiple of 100 (at least ``minimum``)."""
-    training_s = budget_s * BUDGET_SHARE - VALIDATIONS * per_validation_s
-    steps = max(0, int(training_s / per_step_s) // 100 * 100)
+    """Steps that fit ``BUDGET_SHARE`` of the budget together with the validations their interval makes
+    (``validation_interval``; the last at the last step), rounded down to a multiple of 100 (at least
+    ``minimum``)."""
+    available = budget_s * BUDGET_SHARE
+
+    def needed(steps: int) -> float:
+        return steps * per_step_s + -(-steps // validation_interval(steps)) * per_validation_s
+
+    steps = int(available / per_step_s) // 100 * 100
+    while steps > 0 and needed(steps) > available:
+        steps -= 100
     if steps < minimum:
         raise ValueError(f"{budget_s:.0f} s fit only {steps} steps at {per_step_s:.3f} s/step; "
                          "give more --minutes")
@@ -322,7 +334,7 @@ def fit_to_budget(config: Config, deadline: float, probe_steps: int) -> Config:
     per_step, per_validation = seconds_per_step(config, probe_steps)
     remaining = deadline - time.perf_counter()
     steps = plan_steps(remaining, per_step, per_validation_s=per_validation)
-    interval = max(100, steps // 10 // 100 * 100)
+    interval = validation_interval(steps)
     print(f"train: {per_step:.4f} s/step and {per_validation:.1f} s/validation measured; {steps} steps "
           f"planned in {remaining:.0f} s", file=sys.stderr, flush=True)
     return with_train(config, steps=steps, val_interval=interval, checkpoint_interval=interval)
