@@ -237,11 +237,15 @@ def temp_path_for(path: Path) -> Path:
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     except OSError as error:
         raise DenoiserError(f"{path.parent}: cannot write output there ({error.strerror})") from None
-    os.close(handle)
-    # mkstemp makes the file private (0600); give the output the permissions a new file normally gets
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
+    try:  # a signal (Ctrl+C, SIGTERM) landing here must not leave the file behind
+        os.close(handle)
+        # mkstemp makes the file private (0600); give the output the permissions a new file normally gets
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
 
 

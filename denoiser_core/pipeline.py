@@ -163,9 +163,10 @@ def denoise_file(input: str | os.PathLike, output: str | os.PathLike,
     input_path, output_path = Path(input), Path(output)
     check_exr_file(input_path)
     check_output_path(input_path, output_path, overwrite)
-    temp = temp_path_for(output_path)  # proves the folder writable before any work
-    # what earlier frames freed (finished or failed) goes back to the system before this one allocates
+    # what earlier frames freed (finished or failed) goes back to the system before this one allocates;
+    # before the temp file exists, so that a signal landing in it leaves no temp file behind
     release_freed_memory()
+    temp = temp_path_for(output_path)  # proves the folder writable before any work
     try:
         denoiser = model if isinstance(model, Denoiser) else load_model(model, device)
         image = read_exr(input_path)

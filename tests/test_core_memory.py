@@ -76,6 +76,14 @@ def test_each_frame_starts_on_a_heap_the_frames_before_it_handed_back(tmp_path, 
     assert events == ["release", "read"] * 3
     assert sorted(p.name for p in tmp_path.glob("?.exr")) == ["1.exr", "3.exr"]
 
+    def interrupted():  # Ctrl+C while the heap is handed back: no temp file may stay behind
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "release_freed_memory", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        denoise_file(good, tmp_path / "out" / "4.exr", model)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB, glibc's mallopt")
