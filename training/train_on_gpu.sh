@@ -41,6 +41,7 @@ import time
 
 import torch
 
+from denoiser_core.tiling import round_up
 from training.checkpoint import RunFolder, load_weights
 from training.config import load_config_json
 from training.graph import build_graph, example_inputs
@@ -49,8 +50,7 @@ run = RunFolder(sys.argv[1])
 graph = build_graph(load_config_json(run.config_path))
 load_weights(run.weights_path(run.best_or_latest()), graph)
 device = "cuda" if torch.cuda.is_available() else "cpu"
-multiple = graph.size_multiple
-size = tuple(-(-n // multiple) * multiple for n in ((1080, 1920) if device == "cuda" else (61, 61)))
+size = tuple(round_up(n, graph.size_multiple) for n in ((1080, 1920) if device == "cuda" else (61, 61)))
 # (on a CPU, 61x61 only checks that the weights run, through the same padding)
 graph = graph.to(device).eval()
 inputs = {k: v.to(device) for k, v in example_inputs(graph, *size).items()}
