@@ -21,12 +21,12 @@ from .passes import (
     FEATURE_PASSES,
     PASSES_USED_WHEN_PRESENT,
     Decomposition,
+    all_finite,
     decompose,
     display_name,
     missing_passes,
     missing_passes_hint,
-    recombine,
-    sanitize,
+    recombine_radiance,
     sanitize_guide,
 )
 from .tiling import (
@@ -67,11 +67,10 @@ class DenoiseResult:
         A model's denoised Diffuse Color (``diffuse_color_denoised``) replaces the render's in ``parts``."""
         if COLOUR_OUTPUT in outputs:
             parts = replace(parts, diffuse_color=outputs[COLOUR_OUTPUT])
-        diffuse, specular = outputs["diffuse_denoised"], outputs["specular_denoised"]
-        return cls(beauty=recombine(parts, diffuse, specular),
-                   diffuse=sanitize(parts.diffuse_color * diffuse),
-                   specular=sanitize(parts.specular_color * specular),  # radiance, also when demodulated
-                   outputs=outputs, parts=parts, **fields)
+        # the parts as radiance (specular too when demodulated)
+        beauty, diffuse, specular = recombine_radiance(parts, outputs["diffuse_denoised"],
+                                                       outputs["specular_denoised"])
+        return cls(beauty=beauty, diffuse=diffuse, specular=specular, outputs=outputs, parts=parts, **fields)
 
 
 def required_passes(info: ModelInfo) -> tuple[str, ...]:
@@ -300,7 +299,8 @@ def _hwc(array: np.ndarray) -> np.ndarray:
 
 
 def _count_nonfinite(passes: dict[str, np.ndarray]) -> dict[str, int]:
-    counts = {name: int(a.size - np.count_nonzero(np.isfinite(a))) for name, a in passes.items()}
+    counts = {name: int(a.size - np.count_nonzero(np.isfinite(a))) for name, a in passes.items()
+              if not all_finite(a)}  # counted only where there is something to count
     return {name: count for name, count in counts.items() if count}
 
 

@@ -184,18 +184,22 @@ def run_tiled(
     """Run ``run`` (NCHW feeds -> NCHW outputs) over tiles of ``inputs`` ((H, W, C) arrays of one size).
 
     Returns (H, W, C) float32 outputs, finite everywhere (NaN/Inf a network produces become 0), written
-    into ``out`` when given ((H, W, C) arrays, views of planar storage allowed). A ``tile`` of AUTO_TILE
-    (0) or less is chosen by ``choose_tile``. With ``channels_first`` False ``run`` gets (h, w, C)
-    windows; it is handed the only reference to its feeds, so it may drop them before its heavy work.
+    into ``out`` when given ((H, W, C) arrays, views of planar storage allowed). Without ``out`` they are
+    planar ((C, H, W) storage); an image that is one window gets views of ``run``'s own outputs (no
+    copy). A ``tile`` of AUTO_TILE (0) or less is chosen by ``choose_tile``. With ``channels_first``
+    False ``run`` gets (h, w, C) windows; it is handed the only reference to its feeds, so it may drop
+    them before its heavy work.
     """
     height, width = next(iter(inputs.values())).shape[:2]
     if tile <= AUTO_TILE:
         tile = choose_tile(height, width, radius, multiple)
     rows = axis_spans(height, tile, radius, multiple)
     cols = axis_spans(width, tile, radius, multiple)
-    outputs = out if out is not None else {
-        name: np.empty((height, width, c), np.float32) for name, c in output_channels.items()}
     total = len(rows) * len(cols)
+    if total == 1 and out is None and channels_first:
+        return _run_one_window(run, inputs, output_channels, rows[0], cols[0], cancel, progress)
+    outputs = out if out is not None else {name: np.empty((c, height, width), np.float32).transpose(1, 2, 0)
+                                           for name, c in output_channels.items()}
     done = 0
     for ys in rows:
         for xs in cols:
@@ -208,6 +212,29 @@ def run_tiled(
             done += 1
             if progress is not None:
                 progress(done / total)
+    return outputs
+
+
+def _run_one_window(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                    inputs: dict[str, np.ndarray], output_channels: dict[str, int], ys: Span, xs: Span,
+                    cancel: Callable[[], bool] | None,
+                    progress: Callable[[float], None] | None) -> dict[str, np.ndarray]:
+    """``run_tiled`` of an image that is one window: the outputs are (H, W, C) views of ``run``'s,
+    cropped to the image (a 1080p frame runs as 1088 rows), made finite in place."""
+    if cancel is not None and cancel():
+        raise DenoiserError("cancelled")
+    results = run({name: window_of(image, ys, xs) for name, image in inputs.items()})
+    window_shape = (ys.window_end - ys.window_start, xs.window_end - xs.window_start)
+    outputs = {}
+    for name, channels in output_channels.items():
+        check_output_shape(name, results[name], (1, channels, *window_shape))
+        core = results[name][0, :, ys.core_start - ys.window_start:ys.core_end - ys.window_start,
+                             xs.core_start - xs.window_start:xs.core_end - xs.window_start]
+        if not np.isfinite(core).all():
+            core = np.nan_to_num(core, nan=0.0, posinf=0.0, neginf=0.0)
+        outputs[name] = core.transpose(1, 2, 0)
+    if progress is not None:
+        progress(1.0)
     return outputs
 
 

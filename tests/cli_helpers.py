@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,10 +36,13 @@ def kprcan(*args: str | os.PathLike, home: Path, model_path: Path | None = None,
 
 def start_kprcan(*args: str | os.PathLike, home: Path, model_path: Path | None = None) -> subprocess.Popen:
     """``kprcan ARGS`` started in the background (for workers running side by side, and signals);
-    finish it with ``finish``."""
+    finish it with ``finish``. It starts with Ctrl+C's default disposition, as a farm's or a terminal's
+    job does, even when these tests run where SIGINT is ignored (a shell's background job: Python then
+    keeps ignoring it, and a SIGINT test would see the frame finish)."""
     return subprocess.Popen([sys.executable, "-m", "denoiser_core", *map(str, args)], cwd=REPO,
                             env=_environment(home, model_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(process: subprocess.Popen, timeout: int = 300) -> Run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import OpenEXR
@@ -13,7 +14,19 @@ from exr_fixtures import read_channels, synthetic_passes, write_blender_exr
 from onnx_models import save_model
 
 from denoiser_core import DenoiserError, denoise_file, load_model, read_exr
-from denoiser_core.passes import FAR_DEPTH, PASS_TABLE, decompose, enable_hint, recombine, sanitize_guide
+from denoiser_core.passes import (
+    FAR_DEPTH,
+    FOLD_MIN_COLOR,
+    PASS_TABLE,
+    all_finite,
+    decompose,
+    enable_hint,
+    recombine,
+    recombine_radiance,
+    sanitize_guide,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "noisy.exr"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +42,58 @@ def test_recombine_of_decompose_gives_back_combined():
     np.testing.assert_allclose(recombine(parts, parts.diffuse, parts.specular), passes["combined"],
                                rtol=1e-5, atol=1e-5)
     assert np.abs(parts.residual).max() > 0.5  # emission and environment ride along in the residual
+
+
+def test_decompose_computes_its_documented_formulas_to_the_bit_and_leaves_the_render_alone():
+    """decompose works in place on arrays of its own for speed; on a real Cycles render it must give
+    exactly what the module docstring's formulas give written plainly, change no pass, and hand out
+    no writable view of the caller's pixels."""
+    image = read_exr(EXAMPLE)
+    passes = image.canonical_passes(next(layer for layer in image.layers if image.canonical_passes(layer)))
+    before = {name: array.copy() for name, array in passes.items()}
+    p = {name: array.astype(np.float32) for name, array in before.items()}
+    diffuse = p["diffuse_direct"] + p["diffuse_indirect"]
+    specular = (p["glossy_color"] * (p["glossy_direct"] + p["glossy_indirect"])
+                + p["transmission_color"] * (p["transmission_direct"] + p["transmission_indirect"])
+                + p["volume_direct"] + p["volume_indirect"])
+    residual = p["combined"][..., :3] - (p["diffuse_color"] * diffuse + specular)
+    colour = p["diffuse_color"]
+    radiance = colour * diffuse + residual - (p["emission"][..., :3] + p["environment"][..., :3])
+    folded = np.maximum(np.where(colour > FOLD_MIN_COLOR, radiance / np.maximum(colour, FOLD_MIN_COLOR),
+                                 diffuse), 0.0)
+    residual = residual + colour * (diffuse - folded)
+    for denoise_residual in (False, True):
+        parts = decompose(passes, denoise_residual=denoise_residual)
+        np.testing.assert_array_equal(parts.diffuse, folded)
+        np.testing.assert_array_equal(parts.specular, specular + residual if denoise_residual else specular)
+        np.testing.assert_array_equal(parts.residual, 0 * residual if denoise_residual else residual)
+        np.testing.assert_array_equal(parts.diffuse_color, colour)
+        np.testing.assert_array_equal(parts.alpha, p["combined"][..., 3:])
+        for name in ("diffuse", "diffuse_color", "specular", "albedo", "normal", "depth", "residual", "alpha",
+                     "specular_color"):
+            array = getattr(parts, name)
+            assert array.dtype == np.float32 and array.shape[:2] == diffuse.shape[:2]
+            shares = any(np.shares_memory(array, pixels) for pixels in passes.values())
+            assert not (shares and array.flags.writeable), name
+        beauty, diffuse_radiance, specular_radiance = recombine_radiance(parts, parts.diffuse, parts.specular)
+        np.testing.assert_allclose(beauty, p["combined"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(diffuse_radiance, colour * folded)
+        np.testing.assert_array_equal(beauty[..., :3], diffuse_radiance + specular_radiance + parts.residual)
+        assert beauty.transpose(2, 0, 1).flags.c_contiguous  # planar, as the EXR's Combined is stored
+    for name, array in passes.items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
+
+
+def test_non_finite_values_are_found_whatever_their_neighbours():
+    huge = np.full((64, 64, 3), 3e38, np.float32)  # finite, though their sum is not in float32
+    assert all_finite(huge)
+    for bad in (np.inf, -np.inf, np.nan):
+        broken = huge.copy()
+        broken[17, 5, 2] = bad
+        assert not all_finite(broken)
+    mixed = np.zeros((4, 4, 3), np.float32)
+    mixed[0, 0, 0], mixed[1, 1, 1] = np.inf, -np.inf  # their sum is NaN, still not finite
+    assert not all_finite(mixed)
 
 
 def test_colour_covariance_goes_to_the_diffuse_light_not_the_untouched_residual():

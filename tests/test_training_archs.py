@@ -251,10 +251,38 @@ def test_kpunet_takes_a_kernel_size_per_level_and_loads_larger_kernels_by_their_
         build_arch({**spec, "predict_kernel": [3, 5]}, 6)
 
 
+def test_kpunet_gives_the_signals_after_the_first_kernels_of_their_own_size():
+    """``extra_signal_kernel``: the colour a diffuse network filters takes 3x3 kernels at full resolution
+    while its light keeps 5x5; 5x5 weights load with the colour's central taps, and where the colour's
+    outer ring carried no weight the result is the 5x5 network's."""
+    spec = {"type": "kpunet", "widths": [8, 8, 8], "predict_kernel": 5, "signals": 2}
+    both = build_arch(spec, 6).eval()
+    mixed = build_arch({**spec, "extra_signal_kernel": [3, 5, 5]}, 6).eval()
+    assert mixed.heads[0].out_channels == (25 + 1) + (9 + 1) and mixed.heads[1].out_channels == 2 * 26
+    assert mixed.heads[2].out_channels == 2 * 25  # the coarsest level has no blend weight
+    assert mixed.receptive_radius == both.receptive_radius  # the light's 5x5 kernels reach as far
+    grid = torch.arange(25).view(5, 5)
+    outer = [int(i) for i in grid.flatten() if i not in grid[1:4, 1:4].flatten()]
+    with torch.no_grad():
+        both.heads[0].bias[[26 + i for i in outer]] = -1e4  # the colour's outer ring: no weight
+    mixed.load_state_dict(both.state_dict())
+    features, light, colour = torch.randn(2, 6, 16, 16), torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        for got, expected in zip(mixed(features, light, colour), both(features, light, colour), strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    single = build_arch({**spec, "signals": 1, "extra_signal_kernel": 3}, 6)  # no later signal: no effect
+    assert single.heads[0].out_channels == 26
+    with pytest.raises(ValueError, match="extra_signal_kernel"):
+        build_arch({**spec, "extra_signal_kernel": [3, 5]}, 6)
+    with pytest.raises(ValueError, match="extra_signal_kernel"):
+        build_arch({**spec, "extra_signal_kernel": 4}, 6)
+
+
 def test_a_pruned_network_takes_another_kernel_size(tmp_path):
     """A pruned config's ``channels`` give the heads their (pruned) inputs but not their rows, which
     follow ``predict_kernel``: the shipped, pruned ``fast`` with 3x3 kernels at full resolution builds,
-    loads the 5x5 weights by their central taps, and runs (training/configs/fast_k3_gpu.yaml)."""
+    loads the 5x5 weights of its light by their central taps (its colour's are 3x3 already: a head of
+    unequal signals), and runs (training/configs/fast_k3_gpu.yaml)."""
     from safetensors.torch import load_file
 
     from training.checkpoint import load_weights
@@ -267,10 +295,11 @@ def test_a_pruned_network_takes_another_kernel_size(tmp_path):
     stored = load_file(REPO / "models" / "fast.safetensors")
     grid = torch.arange(25).view(5, 5)
     central = grid[1:4, 1:4].flatten().tolist()
+    assert stored["nets.diffuse.heads.0.weight"].shape[0] == (25 + 1) + (9 + 1)  # light 5x5, colour 3x3
     for name, signals in (("diffuse", 2), ("specular", 1)):
         head = getattr(graph.nets, name).heads[0]
         assert head.out_channels == signals * (9 + 1)
-        rows = [offset + tap for offset in range(0, signals * 26, 26) for tap in central + [25]]
+        rows = central + [25] + (list(range(26, 36)) if signals == 2 else [])
         assert torch.equal(head.weight.detach(), stored[f"nets.{name}.heads.0.weight"][rows])
         assert getattr(graph.nets, name).heads[1].out_channels == signals * (25 + 1)
     with torch.no_grad():

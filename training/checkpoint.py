@@ -48,7 +48,12 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises several types for unreadable files
         raise ValueError(f"cannot read weights {path}: {error}") from None
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:  # tensors of the same name and another shape
+        mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), error)
+        raise ValueError(f"{path} does not fit this model ({mismatch}): was it trained with another "
+                         "config?") from None
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}): was it trained with another config?")

@@ -47,22 +47,34 @@ class MultiScaleKPUNet(nn.Module):
 
     ``signals`` > 1 filters that many images (``forward(features, first, second, ...)``), each with kernels
     and blend weights of its own from the same features: the diffuse network filters its light and, for
-    models that denoise Diffuse Color, that colour (training/graph.py)."""
+    models that denoise Diffuse Color, that colour (training/graph.py). ``extra_signal_kernel`` (one size,
+    or one per level) gives the signals after the first kernels of their own size: a colour pass is clean
+    except behind volumes, and 3x3 kernels filter it at full resolution for a third of a 5x5's cost."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (16, 32, 64, 96),
                  kernel_size: int = 3, predict_kernel: int | list[int] = 5, encoder_convs: int = 2,
                  decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0, signals: int = 1,
-                 attention_blocks: int | list[int] = 0, reduction: int = 16, attention_window: int = 5):
+                 attention_blocks: int | list[int] = 0, reduction: int = 16, attention_window: int = 5,
+                 extra_signal_kernel: int | list[int] | None = None):
         super().__init__()
         widths = list(widths)
-        sizes = [predict_kernel] * len(widths) if isinstance(predict_kernel, int) else list(predict_kernel)
+
+        def per_level(size: int | list[int]) -> list[int]:
+            return [size] * len(widths) if isinstance(size, int) else list(size)
+
+        sizes = per_level(predict_kernel)
+        extra = sizes if extra_signal_kernel is None else per_level(extra_signal_kernel)
         blocks = ([attention_blocks] * len(widths) if isinstance(attention_blocks, int)
                   else list(attention_blocks))
         if (len(widths) < 2 or encoder_convs < 1 or decoder_convs < 1 or len(sizes) != len(widths)
-                or any(size % 2 != 1 for size in sizes) or signals < 1 or len(blocks) != len(widths)):
+                or len(extra) != len(widths) or any(size % 2 != 1 for size in sizes + extra) or signals < 1
+                or len(blocks) != len(widths)):
             raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level, an odd predict_kernel and "
-                             "attention_blocks (each one, or one per level)")
-        self.levels, self.predict_kernels, self.signals = len(widths), sizes, signals
+                             "extra_signal_kernel and attention_blocks (each one, or one per level)")
+        self.levels, self.signals = len(widths), signals
+        # kernel size of each signal at each level, and the largest at each level (the reach)
+        self.signal_kernels = [sizes] + [extra] * (signals - 1)
+        self.predict_kernels = [max(k[level] for k in self.signal_kernels) for level in range(self.levels)]
         self.size_multiple = 2 ** (self.levels - 1)
         self.pool = nn.AvgPool2d(2)
 
@@ -79,7 +91,7 @@ class MultiScaleKPUNet(nn.Module):
         self.projections = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1)
                                          for i in range(self.levels - 1))
         self.decoders = nn.ModuleList(stack(w, w, decoder_convs) for w in widths[:-1])
-        self.heads = nn.ModuleList(nn.Conv2d(w, signals * self._head_rows(i), 1)
+        self.heads = nn.ModuleList(nn.Conv2d(w, self._head_rows(i), 1)
                                    for i, w in enumerate(widths))
         self.receptive_radius = self._radius()
 
@@ -90,9 +102,16 @@ class MultiScaleKPUNet(nn.Module):
         return list(self.heads)
 
     def _head_rows(self, level: int) -> int:
+        """Logits of a level's head: each signal's, one after another (``_signal_rows``)."""
+        return sum(self._signal_rows(level, signal) for signal in range(self.signals))
+
+    def _signal_rows(self, level: int, signal: int) -> int:
         """Logits one signal takes from a level's head: its kernel's taps, then a blend weight (not at
         the coarsest level)."""
-        return self.predict_kernels[level] ** 2 + (1 if level < self.levels - 1 else 0)
+        return self.signal_kernels[signal][level] ** 2 + self._blend_rows(level)
+
+    def _blend_rows(self, level: int) -> int:
+        return 1 if level < self.levels - 1 else 0
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Two ways to start from weights of another shape (``train.py --init``), combinable:
@@ -150,30 +169,45 @@ class MultiScaleKPUNet(nn.Module):
                 state_dict[f"{prefix}{name}.{key}"] = value
 
     def _adapt_head(self, stored: torch.Tensor, level: int, name: str) -> torch.Tensor:
-        size, rows = self.predict_kernels[level], self._head_rows(level)
-        blend = rows - size * size
-
-        def kernel_size_of(count: int) -> int | None:  # the odd k with count = k^2 + blend, if any
-            k = math.isqrt(max(count - blend, 0))
-            return k if k * k + blend == count and k % 2 else None
-
-        per_signal = stored.shape[0] // self.signals
-        stored_signals = (self.signals if stored.shape[0] % self.signals == 0 and kernel_size_of(per_signal)
-                          else 1)
-        chunks = list(stored.split(stored.shape[0] // stored_signals))
-        larger = kernel_size_of(chunks[0].shape[0])
-        if larger is None or larger < size:
+        blend = self._blend_rows(level)
+        if stored.shape[0] == self._head_rows(level):
+            return stored  # this design's head
+        sizes = [kernels[level] for kernels in self.signal_kernels]
+        stored_sizes = self._stored_kernel_sizes(stored.shape[0], blend)
+        if stored_sizes is None or any(k < size for k, size in zip(stored_sizes, sizes, strict=False)):
             return stored  # not a head of this design: the strict load reports the mismatch
-        offset = (larger - size) // 2
-        taps = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
-        chunks = [chunk[taps + list(range(larger * larger, chunk.shape[0]))] for chunk in chunks]
-        for _ in range(self.signals - len(chunks)):
-            extra = chunks[0].new_zeros(chunks[0].shape)
+        chunks = stored.split([k * k + blend for k in stored_sizes])
+        cropped = []
+        for chunk, larger, size in zip(chunks, stored_sizes, sizes, strict=False):
+            offset = (larger - size) // 2
+            taps = [(offset + dy) * larger + offset + dx for dy in range(size) for dx in range(size)]
+            cropped.append(chunk[taps + list(range(larger * larger, chunk.shape[0]))])
+        for size in sizes[len(cropped):]:
+            extra = stored.new_zeros(size * size + blend, *stored.shape[1:])
             if name == "bias":
                 extra[size * size // 2] = 8.0  # softmax weight 0.99 on the centre of 5x5
                 extra[size * size:] = -4.0     # blend weight 0.02
-            chunks.append(extra)
-        return torch.cat(chunks)
+            cropped.append(extra)
+        return torch.cat(cropped)
+
+    def _stored_kernel_sizes(self, rows: int, blend: int) -> list[int] | None:
+        """The kernel size of each signal of a stored head of ``rows`` logits: this network's signal count
+        with one size for all, or a first size and a smaller one for the rest (``extra_signal_kernel``),
+        or one signal (a one-signal network's head); None when no odd sizes fit."""
+        def odd_size(count: int) -> int | None:  # the odd k with count = k^2, if any
+            k = math.isqrt(max(count, 0))
+            return k if k * k == count and k % 2 else None
+
+        signals = self.signals
+        share, left = divmod(rows, signals)
+        if not left and odd_size(share - blend):
+            return [odd_size(share - blend)] * signals
+        for first in range(math.isqrt(max(rows - signals * blend, 0)), 0, -1):
+            rest, left = divmod(rows - signals * blend - first * first, max(signals - 1, 1))
+            later = odd_size(rest) if signals > 1 and not left else None
+            if first % 2 and later and later <= first:
+                return [first] + [later] * (signals - 1)
+        return [odd_size(rows - blend)] if odd_size(rows - blend) else None
 
     def _radius(self) -> int:
         """Conservative receptive radius in full-resolution pixels (checked against gradients in tests):
@@ -217,11 +251,13 @@ class MultiScaleKPUNet(nn.Module):
             pyramids.append(pyramid)
         outs: list[torch.Tensor | None] = [None] * self.signals
         for level in range(self.levels - 1, -1, -1):
-            size, rows = self.predict_kernels[level], self._head_rows(level)
-            taps = size * size
             head = self.heads[level](decoded[level])
+            start = 0
             for index, pyramid in enumerate(pyramids):
-                logits = head[:, index * rows:(index + 1) * rows]
+                size, rows = self.signal_kernels[index][level], self._signal_rows(level, index)
+                taps = size * size
+                logits = head[:, start:start + rows]
+                start += rows
                 filtered = apply_kernels(pyramid[level], logits[:, :taps], size)
                 if outs[index] is None:
                     outs[index] = filtered
