@@ -271,8 +271,19 @@ def test_a_bundle_in_parts_unpacks_into_the_whole_folder(packed, tmp_path):
     assert sorted(s["file"] for s in merged["shards"]) == sorted(s["file"] for s in index["shards"])
     assert sorted(merged["packed_views"]) == sorted(index["packed_views"])
     assert len(ShardDataset(out / "train-full", patch_size=24)) == sum(s["count"] for s in index["shards"])
-    bundle.extract_bundle(second, out)
+    assert bundle.extract_bundle(second, out) == {"train-full": 0}  # the same part again: nothing new
     assert json.loads((out / "train-full" / "index.json").read_text()) == merged
+    # a lossless part joined with a lossy one: the folder is lossy, with the lossy part's rounding
+    lossless = tmp_path / "b2-lossless.zip"
+    assert datagen_main(["bundle", "--out", str(lossless), "--fill", str(source), "--after", str(first),
+                         "--lossless"]) == 0
+    mixed = tmp_path / "mixed"
+    for part in (lossless, first):
+        bundle.extract_bundle(part, mixed)
+    joined = json.loads((mixed / "train-full" / "index.json").read_text())["bundle"]
+    assert joined["lossless"] is False and joined["mantissa_bits"] == merged["bundle"]["mantissa_bits"]
+    bundle.extract_bundle(lossless, tmp_path / "exact")
+    assert json.loads((tmp_path / "exact" / "train-full" / "index.json").read_text())["bundle"]["lossless"]
 
     other = tmp_path / "other.zip"  # the same folder name, packed with another patch size
     with zipfile.ZipFile(first) as good, zipfile.ZipFile(other, "w") as changed:

@@ -197,8 +197,20 @@ def _merged_index(folder: Path, index: dict) -> dict:
         shards[shard["file"]] = shard
     shapes = {**earlier["bundle"]["shapes"], **index["bundle"]["shapes"]}
     views = sorted(set(earlier["packed_views"]) | set(index["packed_views"]))
+    # lossless only if every part was; a lossy part's rounding is the folder's (the same channels give
+    # the same bits in every lossy part)
+    parts = (earlier["bundle"], index["bundle"])
+    lossless = all(part["lossless"] for part in parts)
+    bits = None if lossless else next(part["mantissa_bits"] for part in parts if not part["lossless"])
     return {**index, "shards": list(shards.values()), "packed_views": views,
-            "bundle": {**index["bundle"], "shapes": shapes}}
+            "bundle": {"lossless": lossless, "shapes": shapes, "mantissa_bits": bits}}
+
+
+def _new_shards(folder: Path, index: dict) -> int:
+    """Shards of ``index`` that ``folder`` does not hold yet (unpacking the same part twice adds none)."""
+    path = folder / "index.json"
+    held = {shard["file"] for shard in json.loads(path.read_text())["shards"]} if path.is_file() else set()
+    return sum(shard["file"] not in held for shard in index["shards"])
 
 
 def extract_bundle(bundle_path: Path, out: Path) -> dict:
@@ -218,6 +230,7 @@ def extract_bundle(bundle_path: Path, out: Path) -> dict:
                 folder = _inside(out, folder_name)
                 folder.mkdir(parents=True, exist_ok=True)
                 index = json.loads(bundle.read(member))
+                added = _new_shards(folder, index)
                 merged = _merged_index(folder, index)
                 shapes = index["bundle"]["shapes"]
                 for shard in index["shards"]:
@@ -227,7 +240,7 @@ def extract_bundle(bundle_path: Path, out: Path) -> dict:
                                          shapes[shard["file"]])
                     save_atomic(_inside(folder, shard["file"]), lambda f, a=array: np.save(f, a))
                 save_atomic(folder / "index.json", lambda f, i=merged: f.write(json.dumps(i).encode()))
-                stats[folder.name] = len(index["shards"])
+                stats[folder.name] = added
     except (KeyError, lzma.LZMAError, json.JSONDecodeError, zipfile.BadZipFile) as error:
         raise ValueError(f"{bundle_path}: damaged bundle ({type(error).__name__}: {error})") from None
     return stats
