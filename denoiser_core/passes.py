@@ -241,7 +241,8 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False,
     residual += specular
     np.subtract(rgb, residual, out=residual)
     if all(name in passes for name in EMITTED_PASSES):
-        emitted = np.add(*(get(name)[..., :3] for name in EMITTED_PASSES))
+        emission, environment = (get(name)[..., :3] for name in EMITTED_PASSES)
+        emitted = np.add(emission, environment)
         diffuse, residual = _fold_covariance(diffuse, diffuse_color, residual, emitted)
     if denoise_residual:
         specular += residual
@@ -306,8 +307,8 @@ def recombine_radiance(parts: Decomposition, diffuse: np.ndarray,
     """``recombine``'s beauty RGBA and the two terms it adds to the residual, each made finite: the
     diffuse radiance ``diffuse_color * diffuse`` and the specular radiance ``specular_color * specular``.
     The beauty is planar, (4, H, W) storage behind the (H, W, 4) array, as an EXR pass is stored."""
-    diffuse_radiance = parts.diffuse_color * diffuse
-    specular_radiance = parts.specular_color * specular
+    diffuse_radiance = (parts.diffuse_color * diffuse).astype(np.float32, copy=False)
+    specular_radiance = (parts.specular_color * specular).astype(np.float32, copy=False)
     height, width = diffuse_radiance.shape[:2]
     beauty = np.empty((3 + parts.alpha.shape[-1], height, width), np.float32).transpose(1, 2, 0)
     rgb = np.add(diffuse_radiance, specular_radiance, out=beauty[..., :3])

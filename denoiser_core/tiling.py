@@ -220,7 +220,8 @@ def _run_one_window(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]
                     cancel: Callable[[], bool] | None,
                     progress: Callable[[float], None] | None) -> dict[str, np.ndarray]:
     """``run_tiled`` of an image that is one window: the outputs are (H, W, C) views of ``run``'s,
-    cropped to the image (a 1080p frame runs as 1088 rows), made finite in place."""
+    cropped to the image (a 1080p frame runs as 1088 rows); an output holding NaN/Inf is replaced by a
+    finite copy."""
     if cancel is not None and cancel():
         raise DenoiserError("cancelled")
     results = run({name: window_of(image, ys, xs) for name, image in inputs.items()})

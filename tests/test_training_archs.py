@@ -276,6 +276,13 @@ def test_kpunet_gives_the_signals_after_the_first_kernels_of_their_own_size():
         build_arch({**spec, "extra_signal_kernel": [3, 5]}, 6)
     with pytest.raises(ValueError, match="extra_signal_kernel"):
         build_arch({**spec, "extra_signal_kernel": 4}, 6)
+    with pytest.raises(ValueError, match="must not exceed predict_kernel"):  # the layout rule below
+        build_arch({**spec, "predict_kernel": [3, 5, 5], "extra_signal_kernel": 5}, 6)
+    # a stored head's layout from its size: equal signals, else the one layout with a smaller later size
+    layout = mixed._stored_kernel_sizes
+    assert layout(26 + 26, 1) == [5, 5] and layout(26 + 10, 1) == [5, 3] and layout(25 + 9, 0) == [5, 3]
+    assert layout(26, 1) == [5]  # a one-signal network's head
+    assert layout(82 + 50, 1) is None  # 9x9 + 7x7 or 11x11 + 3x3: refused, not guessed
 
 
 def test_a_pruned_network_takes_another_kernel_size(tmp_path):

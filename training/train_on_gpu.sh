@@ -9,9 +9,9 @@
 #
 # Run from the repository root, with the package installed (pip install -e ".[train]"). The bundle is
 # unpacked into a temporary folder; the run trains on its TRAIN_SET folder (default train-full) and
-# validates on VAL_SET (default val-full). CONFIG names the config (default training/configs/quality.yaml),
-# PYTHON the interpreter. Everything the run leaves is in RUN_DIR (config.json, metrics.jsonl, tb/,
-# checkpoints/): copy it back and export it with python -m training.export RUN_DIR.
+# validates on VAL_SET (default val-full). CONFIG names the config (default models/quality.json: the
+# shipped `quality`'s), PYTHON the interpreter. Everything the run leaves is in RUN_DIR (config.json,
+# metrics.jsonl, tb/, checkpoints/): copy it back and export it with python -m training.export RUN_DIR.
 set -eu
 usage="usage: train_on_gpu.sh BUNDLE MINUTES RUN_DIR [train.py options...]"
 BUNDLE=${1:?$usage}
@@ -19,7 +19,7 @@ MINUTES=${2:?$usage}
 RUN=${3:?$usage}
 shift 3
 PY=${PYTHON:-python3}
-CONFIG=${CONFIG:-training/configs/quality.yaml}
+CONFIG=${CONFIG:-models/quality.json}
 DATA=$(mktemp -d)
 trap 'rm -rf "$DATA"' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

@@ -71,6 +71,9 @@ class MultiScaleKPUNet(nn.Module):
                 or len(blocks) != len(widths)):
             raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level, an odd predict_kernel and "
                              "extra_signal_kernel and attention_blocks (each one, or one per level)")
+        if signals > 1 and any(later > first for first, later in zip(sizes, extra, strict=True)):
+            # what lets a stored head's layout be read from its size (_stored_kernel_sizes)
+            raise ValueError(f"kpunet's extra_signal_kernel {extra} must not exceed predict_kernel {sizes}")
         self.levels, self.signals = len(widths), signals
         # kernel size of each signal at each level, and the largest at each level (the reach)
         self.signal_kernels = [sizes] + [extra] * (signals - 1)
@@ -193,7 +196,8 @@ class MultiScaleKPUNet(nn.Module):
     def _stored_kernel_sizes(self, rows: int, blend: int) -> list[int] | None:
         """The kernel size of each signal of a stored head of ``rows`` logits: this network's signal count
         with one size for all, or a first size and a smaller one for the rest (``extra_signal_kernel``),
-        or one signal (a one-signal network's head); None when no odd sizes fit."""
+        or one signal (a one-signal network's head); None when no odd sizes fit, or when several
+        unequal layouts do (the size alone cannot tell them apart: the strict load then refuses)."""
         def odd_size(count: int) -> int | None:  # the odd k with count = k^2, if any
             k = math.isqrt(max(count, 0))
             return k if k * k == count and k % 2 else None
@@ -202,11 +206,15 @@ class MultiScaleKPUNet(nn.Module):
         share, left = divmod(rows, signals)
         if not left and odd_size(share - blend):
             return [odd_size(share - blend)] * signals
-        for first in range(math.isqrt(max(rows - signals * blend, 0)), 0, -1):
-            rest, left = divmod(rows - signals * blend - first * first, max(signals - 1, 1))
-            later = odd_size(rest) if signals > 1 and not left else None
-            if first % 2 and later and later <= first:
-                return [first] + [later] * (signals - 1)
+        if signals > 1:
+            layouts = []
+            for first in range(1, math.isqrt(max(rows - signals * blend, 0)) + 1, 2):
+                rest, left = divmod(rows - signals * blend - first * first, signals - 1)
+                later = None if left else odd_size(rest)
+                if later and later < first:
+                    layouts.append([first] + [later] * (signals - 1))
+            if layouts:
+                return layouts[0] if len(layouts) == 1 else None
         return [odd_size(rows - blend)] if odd_size(rows - blend) else None
 
     def _radius(self) -> int:
