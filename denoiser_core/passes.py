@@ -173,9 +173,11 @@ def sanitize(image: np.ndarray) -> np.ndarray:
 
 
 def all_finite(image: np.ndarray) -> bool:
-    """Whether every value is finite, in one pass and without a mask the size of the image: NaN and
-    +-Inf reach the sum (a float64 sum of float32 values cannot overflow to Inf)."""
-    return bool(np.isfinite(np.add.reduce(image, axis=None, dtype=np.float64)))
+    """Whether every value is finite. Usually one float32 sum, with no mask the size of the image (NaN
+    and +-Inf reach the sum; 1080p, 19 passes: 0.04 s against 0.05 s for masks, 0.08 s for float64 sums);
+    only a sum that is not finite, from such values or from an overflow, is checked value by value."""
+    return bool(np.isfinite(np.add.reduce(image, axis=None, dtype=np.float32))
+                or np.isfinite(image).all())
 
 
 # The valid range of each guide the networks read (decompose, sanitize_guide). A few broken pixels (a
