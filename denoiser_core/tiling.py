@@ -196,10 +196,10 @@ def run_tiled(
     rows = axis_spans(height, tile, radius, multiple)
     cols = axis_spans(width, tile, radius, multiple)
     total = len(rows) * len(cols)
-    if total == 1 and out is None and channels_first:
-        return _run_one_window(run, inputs, output_channels, rows[0], cols[0], cancel, progress)
-    outputs = out if out is not None else {name: np.empty((c, height, width), np.float32).transpose(1, 2, 0)
-                                           for name, c in output_channels.items()}
+    one_window = total == 1 and out is None  # its outputs are views of run's: nothing to paste into
+    outputs = out if out is not None or one_window else {
+        name: np.empty((c, height, width), np.float32).transpose(1, 2, 0)
+        for name, c in output_channels.items()}
     done = 0
     for ys in rows:
         for xs in cols:
@@ -207,35 +207,16 @@ def run_tiled(
                 raise DenoiserError("cancelled")
             results = run({name: window_of(image, ys, xs, channels_first) for name, image in inputs.items()})
             window_shape = (ys.window_end - ys.window_start, xs.window_end - xs.window_start)
-            for name, target in outputs.items():
-                _paste(target, results[name], name, window_shape, ys, xs)
+            blocks = {name: _finite_core(results[name], name, channels, window_shape, ys, xs)
+                      for name, channels in output_channels.items()}
+            if one_window:
+                outputs = blocks
+            else:
+                for name, block in blocks.items():
+                    outputs[name][ys.core_start:ys.core_end, xs.core_start:xs.core_end] = block
             done += 1
             if progress is not None:
                 progress(done / total)
-    return outputs
-
-
-def _run_one_window(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                    inputs: dict[str, np.ndarray], output_channels: dict[str, int], ys: Span, xs: Span,
-                    cancel: Callable[[], bool] | None,
-                    progress: Callable[[float], None] | None) -> dict[str, np.ndarray]:
-    """``run_tiled`` of an image that is one window: the outputs are (H, W, C) views of ``run``'s,
-    cropped to the image (a 1080p frame runs as 1088 rows); an output holding NaN/Inf is replaced by a
-    finite copy."""
-    if cancel is not None and cancel():
-        raise DenoiserError("cancelled")
-    results = run({name: window_of(image, ys, xs) for name, image in inputs.items()})
-    window_shape = (ys.window_end - ys.window_start, xs.window_end - xs.window_start)
-    outputs = {}
-    for name, channels in output_channels.items():
-        check_output_shape(name, results[name], (1, channels, *window_shape))
-        core = results[name][0, :, ys.core_start - ys.window_start:ys.core_end - ys.window_start,
-                             xs.core_start - xs.window_start:xs.core_end - xs.window_start]
-        if not np.isfinite(core).all():
-            core = np.nan_to_num(core, nan=0.0, posinf=0.0, neginf=0.0)
-        outputs[name] = core.transpose(1, 2, 0)
-    if progress is not None:
-        progress(1.0)
     return outputs
 
 
@@ -245,12 +226,14 @@ def check_output_shape(name: str, result: np.ndarray, expected: tuple[int, ...])
                             exit_code=1)
 
 
-def _paste(target: np.ndarray, result: np.ndarray, name: str, window_shape: tuple[int, int],
-           ys: Span, xs: Span) -> None:
-    check_output_shape(name, result, (1, target.shape[2], *window_shape))
+def _finite_core(result: np.ndarray, name: str, channels: int, window_shape: tuple[int, int],
+                 ys: Span, xs: Span) -> np.ndarray:
+    """The (h, w, C) core of a window's (1, C, H, W) output ``result``: a view, or a finite copy where
+    the output holds NaN/Inf."""
+    check_output_shape(name, result, (1, channels, *window_shape))
     y0, x0 = ys.core_start - ys.window_start, xs.core_start - xs.window_start
     core = result[0, :, y0:y0 + ys.core_end - ys.core_start, x0:x0 + xs.core_end - xs.core_start]
     block = core.transpose(1, 2, 0)
     if not np.isfinite(block).all():  # one pass where all is finite, as a checked model's outputs are
         block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
-    target[ys.core_start:ys.core_end, xs.core_start:xs.core_end] = block
+    return block
