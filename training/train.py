@@ -283,8 +283,6 @@ def with_train(config: Config, **values) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **values))
 
 
-
-
 def seconds_per_step(config: Config, probe_steps: int) -> tuple[float, float]:
     """Seconds per training step between the probe's two validations (after warm-up: cuDNN's algorithm
     search, the data workers' start), and seconds per validation (the second one). Apart, because a

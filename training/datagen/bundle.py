@@ -177,13 +177,14 @@ def _inside(root: Path, name: str) -> Path:
 _SAME_FOLDER = ("version", "channels", "patch", "denoise_residual", "demodulate_specular")
 
 
-def _merged_index(folder: Path, index: dict) -> dict:
+def _merged_index(folder: Path, index: dict) -> tuple[dict, int]:
     """``index`` joined with what an earlier bundle unpacked into ``folder`` (its other views; the same
-    part unpacked again adds nothing). A folder of another kind, or shards of the same name holding other
-    views, is an error: they come from different packed folders."""
+    part unpacked again adds nothing), and how many of its shards the folder did not hold yet. A folder of
+    another kind, or shards of the same name holding other views, is an error: they come from different
+    packed folders."""
     path = folder / "index.json"
     if not path.is_file():
-        return index
+        return index, len(index["shards"])
     earlier = json.loads(path.read_text())
     differing = [key for key in _SAME_FOLDER if earlier.get(key) != index.get(key)]
     if "bundle" not in earlier or differing:
@@ -202,15 +203,9 @@ def _merged_index(folder: Path, index: dict) -> dict:
     parts = (earlier["bundle"], index["bundle"])
     lossless = all(part["lossless"] for part in parts)
     bits = None if lossless else next(part["mantissa_bits"] for part in parts if not part["lossless"])
-    return {**index, "shards": list(shards.values()), "packed_views": views,
-            "bundle": {"lossless": lossless, "shapes": shapes, "mantissa_bits": bits}}
-
-
-def _new_shards(folder: Path, index: dict) -> int:
-    """Shards of ``index`` that ``folder`` does not hold yet (unpacking the same part twice adds none)."""
-    path = folder / "index.json"
-    held = {shard["file"] for shard in json.loads(path.read_text())["shards"]} if path.is_file() else set()
-    return sum(shard["file"] not in held for shard in index["shards"])
+    merged = {**index, "shards": list(shards.values()), "packed_views": views,
+              "bundle": {"lossless": lossless, "shapes": shapes, "mantissa_bits": bits}}
+    return merged, len(shards) - len(earlier["shards"])
 
 
 def extract_bundle(bundle_path: Path, out: Path) -> dict:
@@ -230,8 +225,7 @@ def extract_bundle(bundle_path: Path, out: Path) -> dict:
                 folder = _inside(out, folder_name)
                 folder.mkdir(parents=True, exist_ok=True)
                 index = json.loads(bundle.read(member))
-                added = _new_shards(folder, index)
-                merged = _merged_index(folder, index)
+                merged, added = _merged_index(folder, index)
                 shapes = index["bundle"]["shapes"]
                 for shard in index["shards"]:
                     if Path(shard["file"]).name != shard["file"]:
