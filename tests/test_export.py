@@ -14,7 +14,7 @@ import torch
 from denoiser_core.models import read_model_info
 from denoiser_core.passes import DECOMPOSITION_PASSES, FEATURE_PASSES
 from tests.training_helpers import ALL_CONFIGS, REPO, tiny_config, untrained_run
-from training.archs.blocks import ChannelAttention
+from training.archs.blocks import ChannelAttention, first_convolution
 from training.checkpoint import load_weights
 from training.config import load_config_json
 from training.export import export_run
@@ -51,24 +51,29 @@ def test_onnxruntime_matches_torch(name, tmp_path):
 def test_export_pads_the_first_convolutions_to_the_nchwc_block_without_changing_the_output(name, tmp_path):
     import onnx
 
-    from training.export import NCHWC_BLOCK, pad_input_channels
+    from training.export import NCHWC_BLOCK, exported_graph
 
     path, graph, _session = exported(name, tmp_path)
-    assert graph.feature_channels % NCHWC_BLOCK  # 30: the padding has something to do
-    padded = pad_input_channels(graph)
+    # colour + features (their differences are folded into the first convolution), 10 channels: the
+    # padding has something to do
+    assert graph.differences_folded and graph.network_input_channels % NCHWC_BLOCK
+    padded = exported_graph(graph)
     inputs = example_inputs(graph, 32, 48, seed=5)
     with torch.no_grad():
         for a, b in zip(graph(**inputs), padded(**inputs), strict=True):
             np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-6, rtol=0)
     model = onnx.load(str(path))
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    size = first_convolution(graph.nets["diffuse"])[1].kernel_size[0] + 1  # the folded kernel
+    rounded_up = -(-graph.network_input_channels // NCHWC_BLOCK) * NCHWC_BLOCK
     first_inputs = [shapes[node.input[1]][1] for node in model.graph.node
                     if node.op_type == "Conv" and node.input[1] in shapes
-                    and shapes[node.input[1]][1] > graph.feature_channels]
-    rounded_up = -(-graph.feature_channels // NCHWC_BLOCK) * NCHWC_BLOCK
+                    and shapes[node.input[1]][2:] == [size, size]]
     assert first_inputs == [rounded_up] * 2  # one first convolution per component network
-    # the weights file keeps the unpadded network (train.py --init and the parity test above load it)
-    assert graph.input_padding == 0 and padded.input_padding == first_inputs[0] - graph.feature_channels
+    # the weights file keeps the unpadded, unfolded network (train.py --init and the parity test load it)
+    assert graph.input_padding == 0 and padded.input_padding == rounded_up - graph.network_input_channels
+    assert first_convolution(graph.nets["diffuse"])[1].in_channels == graph.feature_channels
+    assert graph.feature_channels == 3 * graph.network_input_channels  # [x, dx, dy]
 
 
 def test_exported_model_carries_the_metadata_contract(tmp_path):

@@ -19,7 +19,7 @@ from denoiser_core import load_model
 from denoiser_core.models import read_model_info
 from tests.exr_fixtures import synthetic_passes
 from tests.training_helpers import CONFIGS, REPO, TINY, tiny_config, untrained_run
-from training.archs.blocks import ChannelAttention
+from training.archs.blocks import ChannelAttention, DifferencesConv2d
 from training.archs.summary import flops_per_megapixel
 from training.checkpoint import RunFolder
 from training.config import load_config_json
@@ -59,8 +59,10 @@ def conv_flops(graph) -> tuple[dict[str, float], float]:
     per_layer: dict[str, float] = {}
 
     def hook(name):
-        def count(module, _inputs, output):
-            per_output = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        def count(module, inputs, output):
+            # a folded first convolution reads [x, extra] (not their differences) with a kernel 1 px larger
+            kernel = module.kernel_size[0] + (1 if isinstance(module, DifferencesConv2d) else 0)
+            per_output = inputs[0].shape[1] * kernel * kernel
             per_layer[name] = 2 * output[0].numel() * per_output * 1e6 / (size * size)
         return count
 

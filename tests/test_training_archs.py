@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from tests.training_helpers import ALL_CONFIGS, CONFIGS, REPO, tiny_config
 from training.archs import ARCH_REGISTRY, build_arch
-from training.archs.blocks import GLOBAL_POOL_RADIUS, RCAB, ChannelAttention
+from training.archs.blocks import GLOBAL_POOL_RADIUS, RCAB, ChannelAttention, DifferencesConv2d
 from training.archs.kernels import _apply_unfolded, apply_kernels
 from training.archs.summary import flops_per_megapixel, measured_receptive_radius
 from training.config import LossConfig, load_config, load_config_json
-from training.graph import build_graph, example_inputs
+from training.graph import build_graph, example_inputs, finite_differences
 from training.losses import DenoiseLoss, stage_loss, tonemap
 
 
@@ -49,6 +49,48 @@ def test_gpu_kernel_path_matches_the_offset_loop_with_gradients():
         results.append((out.detach(), c.grad, lg.grad))
     for loop, unfolded in zip(*results, strict=True):
         assert torch.allclose(loop, unfolded, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_folded_first_convolution_is_the_convolution_of_the_differences_of_the_zero_extended_image(size):
+    torch.manual_seed(0)
+    differenced, extra = 4, 2
+    conv = torch.nn.Conv2d(3 * differenced + extra, 6, size, padding=size // 2)
+    folded = DifferencesConv2d.from_convolution(conv, differenced)
+    x = torch.randn(1, differenced + extra, 11, 13)
+    # the definition, written out: x extended by zeros, its forward differences, an unpadded convolution
+    radius = size // 2
+    plain = F.pad(x[:, :differenced], (radius, radius + 1, radius, radius + 1))
+    dx = (plain[..., :, 1:] - plain[..., :, :-1])[..., :-1, :]
+    dy = (plain[..., 1:, :] - plain[..., :-1, :])[..., :, :-1]
+    rest = F.pad(x[:, differenced:], (radius,) * 4)
+    expected = F.conv2d(torch.cat([plain[..., :-1, :-1], dx, dy, rest], 1), conv.weight, conv.bias)
+    actual = folded(x)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(folded.baked()(x), actual, atol=1e-5, rtol=0)
+    # away from the edge it is the convolution of the finite differences the graph used to build
+    dx_zero, dy_zero = finite_differences(x[:, :differenced])
+    unfolded = conv(torch.cat([x[:, :differenced], dx_zero, dy_zero, x[:, differenced:]], 1))
+    inner = (..., slice(radius + 1, -radius - 1), slice(radius + 1, -radius - 1))
+    torch.testing.assert_close(actual[inner], unfolded[inner], atol=1e-5, rtol=0)
+    assert (actual - unfolded).abs().max() > 1e-3  # at the edge they differ: the check can fail
+    actual.square().sum().backward()  # trains the unfolded parameters, which the checkpoint keeps
+    assert folded.weight is conv.weight and conv.weight.grad.abs().sum() > 0
+    assert conv.weight.grad[:, -extra:].abs().sum() > 0
+
+
+def test_graph_folds_the_differences_and_its_flops_count_the_folded_kernel():
+    graph = build_graph(tiny_config("fast"))
+    first = graph.nets["specular"].encoders[0][0][0]
+    assert isinstance(first, DifferencesConv2d) and first.in_channels == graph.feature_channels
+    assert graph.network_input_channels * 3 == graph.feature_channels
+    unfolded_first = 2 * first.out_channels * graph.feature_channels * 9  # FLOPs per pixel, 3x3 over 3x
+    folded_first = 2 * first.out_channels * graph.network_input_channels * 16  # 4x4 over x
+    without = build_graph(tiny_config("fast", ["graph.use_gradients=false"]))
+    assert not without.differences_folded and without.network_input_channels == without.feature_channels
+    saved = flops_per_megapixel(graph) - flops_per_megapixel(without)  # the folded kernel's extra taps
+    expected = 2 * (folded_first - 2 * first.out_channels * graph.network_input_channels * 9) * 1e6
+    assert saved == pytest.approx(expected, rel=1e-6) and folded_first < unfolded_first
 
 
 def test_local_channel_attention_pools_exactly_over_the_window():

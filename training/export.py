@@ -63,11 +63,11 @@ def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[s
 
 
 def pad_input_channels(graph: DenoiserGraph, multiple: int = NCHWC_BLOCK) -> DenoiserGraph:
-    """A copy of ``graph`` whose networks' first convolutions take ``feature_channels`` rounded up to a
-    multiple of ``multiple``, the extra channels with zero weights: the same outputs, and onnxruntime
-    runs those full-resolution convolutions in its blocked (NCHWc) layout, about twice as fast (fast's
-    30 input channels: 155 -> 73-108 ms each on a 1080p frame, 2 CPU cores, onnxruntime's profiler)."""
-    padding = -graph.feature_channels % multiple
+    """A copy of ``graph`` whose networks take ``network_input_channels`` rounded up to a multiple of
+    ``multiple``, the extra channels with zero weights: the same outputs, and onnxruntime runs those
+    full-resolution convolutions in its blocked (NCHWc) layout, about twice as fast (30 input channels:
+    155 -> 73-108 ms each on a 1080p frame, 2 CPU cores, onnxruntime's profiler)."""
+    padding = -graph.network_input_channels % multiple
     if not padding:
         return graph
     padded = copy.deepcopy(graph)
@@ -83,13 +83,32 @@ def pad_input_channels(graph: DenoiserGraph, multiple: int = NCHWC_BLOCK) -> Den
     return padded
 
 
+def bake_folded_differences(graph: DenoiserGraph) -> DenoiserGraph:
+    """A copy of ``graph`` whose ``DifferencesConv2d`` layers are plain convolutions with the folded
+    kernel (``DifferencesConv2d.baked``): the same outputs, in a form the ONNX exporter takes."""
+    if not graph.differences_folded:
+        return graph
+    baked = copy.deepcopy(graph)
+    for net in baked.nets.values():
+        name, conv = first_convolution(net)
+        owner_path, _, attribute = name.rpartition(".")
+        setattr(net.get_submodule(owner_path), attribute, conv.baked())
+    return baked
+
+
+def exported_graph(graph: DenoiserGraph) -> DenoiserGraph:
+    """What ``export_onnx`` writes, as a torch module: ``graph`` with its input channels padded for
+    onnxruntime and its folded first convolutions baked. Same outputs as ``graph``."""
+    return bake_folded_differences(pad_input_channels(graph.eval().cpu()))
+
+
 def export_onnx(graph: DenoiserGraph, config: Config, path: Path, name: str) -> None:
-    """Write ``graph`` (eval mode) to ``path`` with dynamic N, H, W and the contract metadata; the
-    networks' input channels are padded for onnxruntime (``pad_input_channels``)."""
+    """Write ``graph`` (eval mode) to ``path`` with dynamic N, H, W and the contract metadata, as
+    ``exported_graph`` computes it."""
     import onnx
 
     graph = graph.eval().cpu()
-    exported = pad_input_channels(graph)
+    exported = exported_graph(graph)
     names = graph.input_names
     multiple = graph.size_multiple
     inputs = example_inputs(graph, 4 * multiple if multiple > 1 else 24, 6 * multiple if multiple > 1 else 32)

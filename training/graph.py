@@ -16,7 +16,9 @@ Pre-processing (after Bako et al. 2017, KPCN):
   depth in Cycles is ~1e10, the clamp keeps it finite and in [0, 1]).
 * variances (optional): of the log1p colour the network sees, by the delta method Var[log1p X] ~
   Var[X] / (1 + X)^2, then log1p-compressed so that fireflies do not dominate the input range.
-* x/y forward differences of the colour and the features (zero in the last column/row).
+* x/y forward differences of the colour and the features, of the image extended by zeros. They are not
+  built: each network's first convolution folds them into its weights (``DifferencesConv2d``), which is
+  the same convolution and skips 2 x 26 full-resolution input channels.
 * Diffuse Color (optional, ``denoise_diffuse_color``): behind fog and other volumes Cycles' colour passes
   carry the volume's per-sample transmittance and are as noisy as the light, and ``recombine`` multiplies
   the denoised light by them. Such models take Diffuse Color as an input (a feature of both networks,
@@ -35,7 +37,7 @@ from torch import nn
 from denoiser_core.models import COLOUR_OUTPUT  # models with denoise_diffuse_color
 from denoiser_core.models import KNOWN_INPUTS as INPUT_CHANNELS  # the contract's inputs: name -> channels
 from training.archs import build_arch
-from training.archs.blocks import first_convolution
+from training.archs.blocks import DifferencesConv2d, first_convolution
 
 COMPONENTS = ("diffuse", "specular")
 FEATURE_INPUTS = ("albedo", "normal", "depth")
@@ -97,6 +99,7 @@ class DenoiserGraph(nn.Module):
         self.model_spec = dict(model)
         self.log_space = {"diffuse": log_diffuse, "specular": True}
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
+        self.differences_folded = False  # until _fold_differences
         architecture = {key: value for key, value in model.items() if key != "channels"}
         colour_net = {**architecture, "signals": 2}  # the diffuse network also filters Diffuse Color
         self.nets = nn.ModuleDict({c: build_arch(colour_net if c == "diffuse" and self.denoise_diffuse_color
@@ -107,6 +110,7 @@ class DenoiserGraph(nn.Module):
                        for layer in net.output_layers()}
             set_layer_channels(self, model["channels"], frozenset(
                 name for name, layer in self.named_modules() if id(layer) in outputs))
+        self.differences_folded = self._fold_differences()
         # Extra input channels the networks' first convolutions take, with zero weights (export's
         # pad_input_channels): the result is unchanged, and onnxruntime runs a convolution whose input
         # channels are a multiple of its NCHWc block (16 with AVX-512) about twice as fast.
@@ -116,7 +120,33 @@ class DenoiserGraph(nn.Module):
     def feature_channels(self) -> int:
         """Channels a component network sees (``_network_input``): its colour and the shared features,
         with their x and y differences when ``use_gradients``, and its variance when ``use_variance``."""
-        return sum(self._input_blocks(sum(INPUT_CHANNELS[name] for name in self._feature_inputs)))
+        return sum(self._input_blocks(self._shared_channels))
+
+    @property
+    def network_input_channels(self) -> int:
+        """Channels ``_network_input`` builds (before ``input_padding``): ``feature_channels``, less the
+        differences when the first convolutions fold them."""
+        blocks = self._input_blocks(self._shared_channels)
+        return sum(blocks) - (sum(blocks[2:6]) if self.differences_folded else 0)
+
+    @property
+    def _shared_channels(self) -> int:
+        return sum(INPUT_CHANNELS[name] for name in self._feature_inputs)
+
+    def _fold_differences(self) -> bool:
+        """Make every network's first convolution a ``DifferencesConv2d`` (same parameters); False, and
+        nothing changed, when the graph takes no differences or a first convolution cannot fold them."""
+        firsts = [first_convolution(net) for net in self.nets.values()]
+        if not self.use_gradients or not all(DifferencesConv2d.applies_to(conv)
+                                             and conv.in_channels == self.feature_channels
+                                             for _name, conv in firsts):
+            return False
+        differenced = sum(self._input_blocks(self._shared_channels)[:2])
+        for net, (name, conv) in zip(self.nets.values(), firsts, strict=True):
+            owner_path, _, attribute = name.rpartition(".")
+            folded = DifferencesConv2d.from_convolution(conv, differenced)
+            setattr(net.get_submodule(owner_path), attribute, folded)
+        return True
 
     @property
     def _feature_inputs(self) -> tuple[str, ...]:
@@ -184,11 +214,12 @@ class DenoiserGraph(nn.Module):
 
     def _network_input(self, linear: torch.Tensor, shared: list[torch.Tensor],
                        variance: torch.Tensor | None) -> torch.Tensor:
-        """[colour, shared features, their x differences, their y differences, variance, padding].
-        ``shared`` is ``_shared_parts``: the features' differences are taken once for both components."""
+        """[colour, shared features, their x differences, their y differences, variance, padding], without
+        the differences when the first convolutions fold them. ``shared`` is ``_shared_parts``: the
+        features' differences are taken once for both components."""
         seen = torch.log1p(linear.clamp(min=0))
         parts = [seen, shared[0]]
-        if self.use_gradients:
+        if self.use_gradients and not self.differences_folded:
             seen_dx, seen_dy = finite_differences(seen)
             parts += [seen_dx, shared[1], seen_dy, shared[2]]
         if self.use_variance:
@@ -201,7 +232,8 @@ class DenoiserGraph(nn.Module):
     def _shared_parts(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         shared = self._shared_features(inputs["albedo"], inputs["normal"], inputs["depth"],
                                        inputs["diffuse_color"] if self.denoise_diffuse_color else None)
-        return [shared, *finite_differences(shared)] if self.use_gradients else [shared]
+        differences = self.use_gradients and not self.differences_folded
+        return [shared, *finite_differences(shared)] if differences else [shared]
 
     def denoise(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both components: ``{c}`` (linear output) and ``{c}_space`` (in the filtering space)."""

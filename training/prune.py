@@ -93,6 +93,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.archs.blocks import DifferencesConv2d
 from training.archs.summary import flops_per_megapixel, parameter_count
 from training.checkpoint import RunFolder, atomic_write, load_weights, save_weights, write_json
 from training.config import (
@@ -238,7 +239,7 @@ def prune_graph(graph: DenoiserGraph, settings: PruneSettings, importance) -> li
     multiple = graph.size_multiple
     example = {k: v.to(next(graph.parameters()).device)
                for k, v in example_inputs(graph, 4 * multiple, 4 * multiple).items()}
-    with torch.enable_grad():
+    with torch.enable_grad(), DifferencesConv2d.constant_fold():
         dependencies = tp.DependencyGraph().build_dependency(graph, example_inputs=example, verbose=False)
     plans = []  # every score before any pruning: scores read weights (and gradients) the pruning changes
     for group in dependencies.get_all_groups(ignored_layers=outputs, root_module_types=[nn.Conv2d]):
@@ -252,7 +253,7 @@ def prune_graph(graph: DenoiserGraph, settings: PruneSettings, importance) -> li
         group = dependencies.get_pruning_group(root, tp.prune_conv_out_channels, indices)
         if not dependencies.check_pruning_group(group):
             raise RuntimeError(f"prune: removing {len(indices)} channels of {names[root]} empties a layer")
-        layers = [{"layer": names[dep.target.module], "type": type(dep.target.module).__name__,
+        layers = [{"layer": names[dep.target.module], "type": _kind(dep.target.module),
                    "dim": "out" if dependencies.is_out_channel_pruning_fn(dep.handler) else "in",
                    "indices": sorted(int(i) for i in idxs)}
                   for dep, idxs in group if dep.target.module in names]
@@ -282,6 +283,11 @@ def seconds_per_frame(onnx_path: Path, graph: DenoiserGraph, settings: PruneSett
         session.run(None, feeds)
         times.append(time.perf_counter() - started)
     return round(statistics.median(times), 4)
+
+
+def _kind(module: nn.Module) -> str:
+    """A layer's kind in ``prune_graph``'s record: a folded first convolution is a Conv2d too."""
+    return "Conv2d" if isinstance(module, nn.Conv2d) else type(module).__name__
 
 
 def removed_conv_channels(removed: list[dict]) -> int:

@@ -7,6 +7,9 @@ receptive radius that tiled inference needs as overlap.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -21,6 +24,82 @@ POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.Dropout2d, nn.Identity)
 def first_convolution(network: nn.Module) -> tuple[str, nn.Conv2d]:
     """(name, module) of the convolution that reads a network's input features."""
     return next((name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d))
+
+
+class DifferencesConv2d(nn.Conv2d):
+    """A first convolution over ``[x, dx(x), dy(x), extra]`` that is given only ``[x, extra]``.
+
+    ``dx(x)(p) = x(p + e_x) - x(p)`` (KPCN's gradient features) is linear, and so is a convolution, so
+    ``conv(W, [x, dx, dy])`` is one convolution of ``x`` with a kernel one pixel larger to the right and
+    below: ``F[j] = W_x[j] + W_dx[j - e_x] - W_dx[j] + W_dy[j - e_y] - W_dy[j]`` (``folded_weight``). The
+    weights keep their unfolded shape (``in_channels`` counts dx and dy), so checkpoints, pruning and
+    ``train.py --init`` see an ordinary convolution; only the input and the arithmetic are smaller: a
+    1080p frame of ``fast`` skips building and reordering 2 x 48 full-resolution channels. The image is
+    zero outside, so the differences at its edge are those of the zero-extended image.
+
+    ``differenced``: the channels of ``x``; ``in_channels - 3 * differenced`` channels of ``extra``
+    (a variance, padding) follow without differences. Built with ``from_convolution``.
+    """
+
+    differenced: int
+    # torch-pruning's dependency graph follows a convolution's weight only as a parameter: while tracing
+    # for it (``constant_fold``) the folded kernel is a constant, so the layer is an ordinary convolution
+    _fold_is_constant = False
+
+    @classmethod
+    @contextmanager
+    def constant_fold(cls) -> Iterator[None]:
+        cls._fold_is_constant = True
+        try:
+            yield
+        finally:
+            cls._fold_is_constant = False
+
+    @classmethod
+    def from_convolution(cls, conv: nn.Conv2d, differenced: int) -> DifferencesConv2d:
+        if not cls.applies_to(conv) or conv.in_channels < 3 * differenced:
+            raise ValueError(f"{conv} is not a plain odd square convolution over {3 * differenced} channels")
+        folded = cls(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
+                     bias=conv.bias is not None)
+        folded.weight, folded.bias = conv.weight, conv.bias  # the same parameters (and initialisation)
+        folded.differenced = differenced
+        return folded
+
+    @staticmethod
+    def applies_to(conv: nn.Conv2d) -> bool:
+        size = conv.kernel_size[0]
+        return (type(conv) is nn.Conv2d and conv.kernel_size == (size, size) and size % 2 == 1
+                and conv.padding == (size // 2,) * 2 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.padding_mode == "zeros")
+
+    def folded_weight(self) -> torch.Tensor:
+        n = self.differenced
+        plain, dx, dy, extra = (self.weight[:, :n], self.weight[:, n:2 * n], self.weight[:, 2 * n:3 * n],
+                                self.weight[:, 3 * n:])
+        pad = nn.functional.pad  # (left, right, top, bottom) of the kernel's last two axes
+        differenced = pad(plain - dx - dy, (0, 1, 0, 1)) + pad(dx, (1, 0, 0, 1)) + pad(dy, (0, 1, 1, 0))
+        return torch.cat([differenced, pad(extra, (0, 1, 0, 1))], dim=1)
+
+    @property
+    def edge_padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zeros the folded kernel needs around the image."""
+        radius = self.padding[0]
+        return (radius, radius + 1, radius, radius + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.folded_weight()
+        weight = weight.detach() if self._fold_is_constant else weight
+        return nn.functional.conv2d(nn.functional.pad(x, self.edge_padding), weight, self.bias)
+
+    def baked(self) -> nn.Sequential:
+        """The same computation with the folded kernel as a plain convolution's weight (the ONNX
+        exporter needs a convolution's kernel as a constant, not computed)."""
+        weight = self.folded_weight().detach()
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], bias=self.bias is not None)
+        conv.weight = nn.Parameter(weight.clone())
+        if self.bias is not None:
+            conv.bias = nn.Parameter(self.bias.detach().clone())
+        return nn.Sequential(nn.ZeroPad2d(self.edge_padding), conv)
 
 
 def radius_of(*modules: nn.Module) -> int:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from training.archs import single_scale, unet
+from training.archs.blocks import DifferencesConv2d
 from training.graph import build_graph, example_inputs
 
 
@@ -42,7 +43,8 @@ def flops_per_megapixel(graph: nn.Module, size: int = 128) -> float:
     counter = [0]
 
     def conv_hook(module: nn.Conv2d, _inputs, output):
-        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        weight = module.folded_weight() if isinstance(module, DifferencesConv2d) else module.weight
+        per_output = weight[0].numel()  # inputs per output: (in_channels / groups) x the kernel's taps
         counter[0] += 2 * output[0].numel() * per_output
 
     hooks = [m.register_forward_hook(conv_hook) for m in graph.modules() if isinstance(m, nn.Conv2d)]
