@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -91,6 +92,34 @@ def test_graph_folds_the_differences_and_its_flops_count_the_folded_kernel():
     saved = flops_per_megapixel(graph) - flops_per_megapixel(without)  # the folded kernel's extra taps
     expected = 2 * (folded_first - 2 * first.out_channels * graph.network_input_channels * 9) * 1e6
     assert saved == pytest.approx(expected, rel=1e-6) and folded_first < unfolded_first
+
+
+@pytest.mark.parametrize("name, overrides", [("fast", []), ("kpcn", ["graph.use_variance=true"])])
+def test_folded_graph_is_the_graph_with_built_differences_away_from_the_edge(name, overrides):
+    """The fold (5x5 first convolutions of kpcn, a variance channel without differences included) changes
+    nothing farther than the receptive radius from the image's edge."""
+    torch.manual_seed(0)
+    graph = build_graph(tiny_config(name, overrides)).eval()
+    built = copy.deepcopy(graph)
+    for net in built.nets.values():  # the same parameters in plain convolutions, the differences built
+        for path, module in list(net.named_modules()):
+            if isinstance(module, DifferencesConv2d):
+                plain = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                                        padding=module.padding)
+                plain.weight, plain.bias = module.weight, module.bias
+                owner, _, attribute = path.rpartition(".")
+                setattr(net.get_submodule(owner) if owner else net, attribute, plain)
+    built.differences_folded = False
+    assert graph.differences_folded and graph.network_input_channels < built.network_input_channels
+    radius, multiple = graph.receptive_radius, graph.size_multiple
+    size = -(-(2 * radius + 3 * multiple) // multiple) * multiple
+    with torch.no_grad():
+        inputs = example_inputs(graph, size, size)
+        pairs = list(zip(graph(**inputs), built(**inputs), strict=True))
+    inner = (..., slice(radius, -radius), slice(radius, -radius))
+    for folded, plain in pairs:
+        torch.testing.assert_close(folded[inner], plain[inner], atol=2e-5, rtol=1e-5)
+    assert max((folded - plain).abs().max() for folded, plain in pairs) > 1e-4  # the edge band differs
 
 
 def test_local_channel_attention_pools_exactly_over_the_window():

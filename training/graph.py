@@ -18,7 +18,9 @@ Pre-processing (after Bako et al. 2017, KPCN):
   Var[X] / (1 + X)^2, then log1p-compressed so that fireflies do not dominate the input range.
 * x/y forward differences of the colour and the features, of the image extended by zeros. They are not
   built: each network's first convolution folds them into its weights (``DifferencesConv2d``), which is
-  the same convolution and skips 2 x 26 full-resolution input channels.
+  the same convolution and skips 26 full-resolution input channels per network. A network whose first
+  convolution cannot fold them (not odd, square, stride 1) gets them built by ``finite_differences``,
+  zero in the last column / row: the same except at the image's edge.
 * Diffuse Color (optional, ``denoise_diffuse_color``): behind fog and other volumes Cycles' colour passes
   carry the volume's per-sample transmittance and are as noisy as the light, and ``recombine`` multiplies
   the denoised light by them. Such models take Diffuse Color as an input (a feature of both networks,

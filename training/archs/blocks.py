@@ -33,9 +33,10 @@ class DifferencesConv2d(nn.Conv2d):
     ``conv(W, [x, dx, dy])`` is one convolution of ``x`` with a kernel one pixel larger to the right and
     below: ``F[j] = W_x[j] + W_dx[j - e_x] - W_dx[j] + W_dy[j - e_y] - W_dy[j]`` (``folded_weight``). The
     weights keep their unfolded shape (``in_channels`` counts dx and dy), so checkpoints, pruning and
-    ``train.py --init`` see an ordinary convolution; only the input and the arithmetic are smaller: a
-    1080p frame of ``fast`` skips building and reordering 2 x 48 full-resolution channels. The image is
-    zero outside, so the differences at its edge are those of the zero-extended image.
+    ``train.py --init`` see an ordinary convolution; only the input and the arithmetic are smaller: each
+    of ``fast``'s networks builds no 26 difference channels and reads 16 full-resolution channels instead
+    of 48 (13 and 39, padded to onnxruntime's block). The image is zero outside, so the differences at its
+    edge are those of the zero-extended image (``finite_differences`` puts 0 in the last column/row).
 
     ``differenced``: the channels of ``x``; ``in_channels - 3 * differenced`` channels of ``extra``
     (a variance, padding) follow without differences. Built with ``from_convolution``.
@@ -59,8 +60,9 @@ class DifferencesConv2d(nn.Conv2d):
     def from_convolution(cls, conv: nn.Conv2d, differenced: int) -> DifferencesConv2d:
         if not cls.applies_to(conv) or conv.in_channels < 3 * differenced:
             raise ValueError(f"{conv} is not a plain odd square convolution over {3 * differenced} channels")
-        folded = cls(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
-                     bias=conv.bias is not None)
+        # skip_init: no initialisation (its random draws would shift every later use of torch's generator)
+        folded = nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, conv.kernel_size,
+                                    padding=conv.padding, bias=conv.bias is not None)
         folded.weight, folded.bias = conv.weight, conv.bias  # the same parameters (and initialisation)
         folded.differenced = differenced
         return folded
