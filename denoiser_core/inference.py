@@ -175,7 +175,8 @@ class Denoiser:
             if windows > 1 and not keep_parts:
                 result = self._denoise_by_window(used, tile, progress, cancel, **fields)
             else:
-                parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular)
+                parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular,
+                                  finite=not nonfinite)
                 # a frame in several windows hands each window's freed buffers back before the next
                 # one, so it peaks at one window's buffers (denoiser_core.memory)
                 run = self._run if windows == 1 else self._run_and_release
@@ -211,7 +212,8 @@ class Denoiser:
                   for name, channels in RESULT_CHANNELS.items()}
 
         def run_window(window: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            parts = decompose(window, self.info.denoise_residual, self.info.demodulate_specular)
+            parts = decompose(window, self.info.denoise_residual, self.info.demodulate_specular,
+                              finite=not fields["nonfinite_inputs"])
             feeds = {name: np.ascontiguousarray(array.transpose(2, 0, 1)[None])
                      for name, array in self._network_inputs(parts, window).items()}
             window.clear()  # the window's passes (~50 channels) are not needed while the networks run

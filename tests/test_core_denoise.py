@@ -62,8 +62,9 @@ def test_decompose_computes_its_documented_formulas_to_the_bit_and_leaves_the_re
     folded = np.maximum(np.where(colour > FOLD_MIN_COLOR, radiance / np.maximum(colour, FOLD_MIN_COLOR),
                                  diffuse), 0.0)
     residual = residual + colour * (diffuse - folded)
-    for denoise_residual in (False, True):
-        parts = decompose(passes, denoise_residual=denoise_residual)
+    # finite: the caller (inference) has checked the passes and decompose checks none again
+    for denoise_residual, finite in ((False, False), (True, False), (False, True), (True, True)):
+        parts = decompose(passes, denoise_residual=denoise_residual, finite=finite)
         np.testing.assert_array_equal(parts.diffuse, folded)
         np.testing.assert_array_equal(parts.specular, specular + residual if denoise_residual else specular)
         np.testing.assert_array_equal(parts.residual, 0 * residual if denoise_residual else residual)
