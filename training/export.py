@@ -89,10 +89,7 @@ def bake_folded_differences(graph: DenoiserGraph) -> DenoiserGraph:
     if not graph.differences_folded:
         return graph
     baked = copy.deepcopy(graph)
-    for net in baked.nets.values():
-        name, conv = first_convolution(net)
-        owner_path, _, attribute = name.rpartition(".")
-        setattr(net.get_submodule(owner_path), attribute, conv.baked())
+    baked.replace_first_convolutions(lambda conv: conv.baked())
     return baked
 
 

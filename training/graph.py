@@ -31,6 +31,7 @@ Pre-processing (after Bako et al. 2017, KPCN):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -144,11 +145,15 @@ class DenoiserGraph(nn.Module):
                                              for _name, conv in firsts):
             return False
         differenced = sum(self._input_blocks(self._shared_channels)[:2])
-        for net, (name, conv) in zip(self.nets.values(), firsts, strict=True):
-            owner_path, _, attribute = name.rpartition(".")
-            folded = DifferencesConv2d.from_convolution(conv, differenced)
-            setattr(net.get_submodule(owner_path), attribute, folded)
+        self.replace_first_convolutions(lambda conv: DifferencesConv2d.from_convolution(conv, differenced))
         return True
+
+    def replace_first_convolutions(self, make: Callable[[nn.Conv2d], nn.Module]) -> None:
+        """Put ``make(conv)`` where each network's first convolution (``first_convolution``) is."""
+        for net in self.nets.values():
+            name, conv = first_convolution(net)
+            owner_path, _, attribute = name.rpartition(".")
+            setattr(net.get_submodule(owner_path), attribute, make(conv))
 
     @property
     def _feature_inputs(self) -> tuple[str, ...]:

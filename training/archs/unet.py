@@ -204,8 +204,9 @@ class MultiScaleKPUNet(nn.Module):
 
         signals = self.signals
         share, left = divmod(rows, signals)
-        if not left and odd_size(share - blend):
-            return [odd_size(share - blend)] * signals
+        equal = None if left else odd_size(share - blend)
+        if equal:
+            return [equal] * signals
         if signals > 1:
             layouts = []
             for first in range(1, math.isqrt(max(rows - signals * blend, 0)) + 1, 2):
@@ -215,7 +216,8 @@ class MultiScaleKPUNet(nn.Module):
                     layouts.append([first] + [later] * (signals - 1))
             if layouts:
                 return layouts[0] if len(layouts) == 1 else None
-        return [odd_size(rows - blend)] if odd_size(rows - blend) else None
+        single = odd_size(rows - blend)
+        return [single] if single else None
 
     def _radius(self) -> int:
         """Conservative receptive radius in full-resolution pixels (checked against gradients in tests):
