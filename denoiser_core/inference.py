@@ -254,7 +254,7 @@ class Denoiser:
                 raise MemoryError(failure)  # denoise() words the hint
             raise DenoiserError(f"model {self.info.name!r} failed: {failure[:300]}", exit_code=1)
         for name, result in zip(names, results, strict=True):
-            bad = result.size - int(np.count_nonzero(np.isfinite(result)))
+            bad = _nonfinite_count(result)
             if bad:
                 raise DenoiserError(f"model {self.info.name!r} ({self.info.path}) is broken: it output {bad} "
                                     f"NaN/Inf values in {name} from finite inputs", exit_code=1)
@@ -301,9 +301,13 @@ def _hwc(array: np.ndarray) -> np.ndarray:
 
 
 def _count_nonfinite(passes: dict[str, np.ndarray]) -> dict[str, int]:
-    counts = {name: int(a.size - np.count_nonzero(np.isfinite(a))) for name, a in passes.items()
-              if not all_finite(a)}  # counted only where there is something to count
+    counts = {name: _nonfinite_count(a) for name, a in passes.items()}
     return {name: count for name, count in counts.items() if count}
+
+
+def _nonfinite_count(array: np.ndarray) -> int:
+    """NaN/Inf values in ``array``, counted (with a mask) only where ``all_finite`` finds some."""
+    return 0 if all_finite(array) else int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def _check_sizes(passes: dict[str, np.ndarray]) -> None:
