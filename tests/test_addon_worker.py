@@ -126,7 +126,7 @@ def test_a_worker_that_dies_is_reported_and_replaced(worker, model, tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, glibc's malloc_trim")
 def test_an_idle_worker_holds_its_model_not_the_last_frames_buffers(worker, tmp_path):
     """Blender keeps the worker between renders: after a frame its freed buffers go back to the system."""
-    source = mirror_tiled_render(960, 540, tmp_path / "frame.exr")
+    source = mirror_tiled_render(1280, 720, tmp_path / "frame.exr")
     worker.request("denoise", input=str(source), output=str(tmp_path / "out.exr"), model="fast", device="cpu",
                    tile=0)
     status = dict(line.split(":", 1) for line in
