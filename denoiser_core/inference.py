@@ -14,7 +14,15 @@ import numpy as np
 from .devices import CPU, providers_for, session_options
 from .errors import DenoiserError
 from .memory import release_freed_memory
-from .models import COLOUR_OUTPUT, KNOWN_OUTPUTS, ModelInfo, check_graph, open_session, resolve_model
+from .models import (
+    COLOUR_OUTPUT,
+    KNOWN_OUTPUTS,
+    VOLUME_OUTPUT,
+    ModelInfo,
+    check_graph,
+    open_session,
+    resolve_model,
+)
 from .native_output import captured_native_output
 from .passes import (
     DECOMPOSITION_PASSES,
@@ -55,7 +63,8 @@ _ALLOCATION_FAILED = re.compile(r"failed to allocate|out of memory|bad.alloc|all
 class DenoiseResult:
     beauty: np.ndarray      # (H, W, 4) denoised RGBA (alpha of the noisy beauty)
     diffuse: np.ndarray     # (H, W, 3) DiffCol * denoised diffuse light
-    specular: np.ndarray    # (H, W, 3) denoised specular radiance (specular_color * light when demodulated)
+    specular: np.ndarray    # (H, W, 3) denoised specular radiance (specular_color * light when demodulated),
+    #                         volume light included
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # raw network outputs, (H, W, 3)
     parts: Decomposition | None = None  # what the networks saw and what was carried through (recombine)
     nonfinite_inputs: int = 0   # NaN/Inf input values replaced by 0
@@ -64,12 +73,14 @@ class DenoiseResult:
     @classmethod
     def from_parts(cls, parts: Decomposition, outputs: dict[str, np.ndarray], **fields) -> DenoiseResult:
         """The result of the networks' ``outputs`` on ``parts``: beauty recombined, the parts as radiance.
-        A model's denoised Diffuse Color (``diffuse_color_denoised``) replaces the render's in ``parts``."""
+        A model's denoised Diffuse Color (``diffuse_color_denoised``) replaces the render's in ``parts``;
+        a model's denoised volume buffer (``volume_denoised``) is part of ``specular``."""
         if COLOUR_OUTPUT in outputs:
             parts = replace(parts, diffuse_color=outputs[COLOUR_OUTPUT])
         # the parts as radiance (specular too when demodulated)
         beauty, diffuse, specular = recombine_radiance(parts, outputs["diffuse_denoised"],
-                                                       outputs["specular_denoised"])
+                                                       outputs["specular_denoised"],
+                                                       outputs.get(VOLUME_OUTPUT))
         return cls(beauty=beauty, diffuse=diffuse, specular=specular, outputs=outputs, parts=parts, **fields)
 
 
@@ -176,7 +187,7 @@ class Denoiser:
                 result = self._denoise_by_window(used, tile, progress, cancel, **fields)
             else:
                 parts = decompose(used, self.info.denoise_residual, self.info.demodulate_specular,
-                                  finite=not nonfinite)
+                                  separate_volume=self.info.separates_volume, finite=not nonfinite)
                 # a frame in several windows hands each window's freed buffers back before the next
                 # one, so it peaks at one window's buffers (denoiser_core.memory)
                 run = self._run if windows == 1 else self._run_and_release
@@ -192,7 +203,8 @@ class Denoiser:
     def _network_inputs(self, parts: Decomposition, used: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's inputs, (H, W, C) each, from a decomposition of ``used`` (the passes it read)."""
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
-                  "normal": parts.normal, "depth": parts.depth, "diffuse_color": parts.diffuse_color}
+                  "normal": parts.normal, "depth": parts.depth, "diffuse_color": parts.diffuse_color,
+                  "volume": parts.volume}
         for name in VARIANCE_INPUTS:
             if name in used:
                 inputs[name] = sanitize_guide(name, used[name][..., :1])
@@ -213,6 +225,7 @@ class Denoiser:
 
         def run_window(window: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             parts = decompose(window, self.info.denoise_residual, self.info.demodulate_specular,
+                              separate_volume=self.info.separates_volume,
                               finite=not fields["nonfinite_inputs"])
             feeds = {name: np.ascontiguousarray(array.transpose(2, 0, 1)[None])
                      for name, array in self._network_inputs(parts, window).items()}
@@ -291,7 +304,7 @@ def _recombination_parts(parts: Decomposition) -> Decomposition:
     """``parts`` with only what recombine() reads: the noisy light and the guides, which the networks
     have in their own copies, are dropped (~13 channels of a window)."""
     return replace(parts, diffuse=_NOT_KEPT, specular=_NOT_KEPT, albedo=_NOT_KEPT, normal=_NOT_KEPT,
-                   depth=_NOT_KEPT)
+                   depth=_NOT_KEPT, volume=None if parts.volume is None else _NOT_KEPT)
 
 
 def _hwc(array: np.ndarray) -> np.ndarray:

@@ -20,16 +20,19 @@ log = logging.getLogger("kprcan")
 # ``demodulate_specular: true`` (specular light in, GlossCol + TransCol multiplied back) for the same reason.
 # Version 4 adds models that take Diffuse Color as an input and output it denoised
 # (``diffuse_color_denoised``, multiplied back instead of the render's: noisy behind volumes).
-# Versions 1 to 3 still load.
-FORMAT_VERSION = 4
+# Version 5 adds models that take volume light apart from the specular buffer (the ``volume`` input,
+# ``volume_denoised`` output; passes.decompose's ``separate_volume``). Versions 1 to 4 still load.
+FORMAT_VERSION = 5
 PREFIX = "kprcan."
 REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", "required_passes",
                  "needs_variance", "receptive_radius", "size_multiple")
 KNOWN_INPUTS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1,
-                "diffuse_variance": 1, "specular_variance": 1, "diffuse_color": 3}
-KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3, "diffuse_color_denoised": 3}
+                "diffuse_variance": 1, "specular_variance": 1, "diffuse_color": 3, "volume": 3}
+KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3, "diffuse_color_denoised": 3,
+                 "volume_denoised": 3}
 REQUIRED_OUTPUTS = ("diffuse_denoised", "specular_denoised")
 COLOUR_OUTPUT = "diffuse_color_denoised"  # with the diffuse_color input, format version 4
+VOLUME_OUTPUT = "volume_denoised"  # with the volume input, format version 5
 # Arithmetic the graph's convolutions use (``kprcan.precision``; absent means float32). int8 models are
 # QDQ graphs (training/quantize.py): same float inputs and outputs, so the core runs them unchanged.
 PRECISIONS = ("float32", "int8")
@@ -59,11 +62,18 @@ class ModelInfo:
     def denoises_diffuse_color(self) -> bool:
         return COLOUR_OUTPUT in self.outputs
 
+    @property
+    def separates_volume(self) -> bool:
+        """Volume light (and the residual) is a buffer of its own (``passes.decompose``'s
+        ``separate_volume``), not part of the specular one."""
+        return VOLUME_OUTPUT in self.outputs
+
     def summary(self) -> str:
         params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
         residual = ", denoises emission/environment" if self.denoise_residual else ""
         residual += ", demodulates specular" if self.demodulate_specular else ""
         residual += ", denoises Diffuse Color" if self.denoises_diffuse_color else ""
+        residual += ", volume light apart" if self.separates_volume else ""
         precision = f", {self.precision} convolutions" if self.precision != "float32" else ""
         return (f"{self.name} ({self.architecture}{precision}, {params}, context {self.receptive_radius} px, "
                 f"size multiple {self.size_multiple}{residual})")
@@ -99,11 +109,13 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
     if unknown:
         raise bad(f"unknown names in metadata: {', '.join(unknown)}")
     if not set(REQUIRED_OUTPUTS) <= set(outputs) or len(set(outputs)) != len(outputs):
-        raise bad(f"outputs must be {list(REQUIRED_OUTPUTS)} (plus {COLOUR_OUTPUT}), got {outputs}")
-    if (COLOUR_OUTPUT in outputs) != ("diffuse_color" in inputs):
-        raise bad(f"a model takes the diffuse_color input exactly when it outputs {COLOUR_OUTPUT}")
-    if COLOUR_OUTPUT in outputs and version < 4:
-        raise bad(f"{COLOUR_OUTPUT} needs format_version 4")
+        raise bad(f"outputs must be {list(REQUIRED_OUTPUTS)} (plus {COLOUR_OUTPUT}, {VOLUME_OUTPUT}), "
+                  f"got {outputs}")
+    for given, made, needed in (("diffuse_color", COLOUR_OUTPUT, 4), ("volume", VOLUME_OUTPUT, 5)):
+        if (made in outputs) != (given in inputs):
+            raise bad(f"a model takes the {given} input exactly when it outputs {made}")
+        if made in outputs and version < needed:
+            raise bad(f"{made} needs format_version {needed}")
     if meta["needs_variance"].strip().lower() not in ("true", "false"):
         raise bad(f"needs_variance must be true or false, got {meta['needs_variance']!r}")
     radius = _integer(meta["receptive_radius"], "receptive_radius", bad)

@@ -40,6 +40,15 @@ by DiffCol: the networks then filter specular *light*, and a textured reflector 
 
 Volume light (and, with ``denoise_residual``, the residual) that joins the specular buffer is divided by
 the same colour, so the recombination stays exact.
+
+With ``separate_volume`` (models that take the ``volume`` input), volume light and, with
+``denoise_residual``, the residual do not join the specular buffer: they form a buffer of their own,
+``volume``, denoised as radiance, never divided by a colour. Behind fog Glossy Color carries the volume's
+per-sample transmittance, and volume light divided by it is noise (docs/experiments.md); apart, the specular
+buffer is glossy and transmission light only, which ``demodulate_specular`` can divide by its colour
+safely::
+
+    Combined = diffuse_color * diffuse + specular_color * specular + volume + residual
 """
 
 from __future__ import annotations
@@ -152,6 +161,8 @@ class Decomposition:
     alpha: np.ndarray           # Combined.A, (H, W, 1)
     specular_color: np.ndarray  # GlossCol + TransCol with demodulate_specular (1 where tiny), else ones;
     #                             multiplied back in after denoising
+    volume: np.ndarray | None = None  # with separate_volume: volume light (+ the residual with
+    #                                   denoise_residual), radiance; None: it is in specular
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -205,7 +216,8 @@ def sanitize_guide(name: str, image: np.ndarray, finite: bool = False) -> np.nda
 
 
 def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False,
-              demodulate_specular: bool = False, *, finite: bool = False) -> Decomposition:
+              demodulate_specular: bool = False, *, separate_volume: bool = False,
+              finite: bool = False) -> Decomposition:
     """Split canonical passes (H, W, C float arrays) into the denoiser's components.
 
     ``passes`` (left unchanged) must hold DECOMPOSITION_PASSES and FEATURE_PASSES: colours are read with
@@ -215,7 +227,9 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False,
     emission, environment, what no pass covers -- joins it and is denoised with it) and the residual is
     zero: for models trained that way (metadata ``kprcan.denoise_residual``). With ``demodulate_specular``
     the specular buffer is light, divided by ``specular_color`` (module docstring; metadata
-    ``kprcan.demodulate_specular``); without, ``specular_color`` is ones. ``finite``: the caller has
+    ``kprcan.demodulate_specular``); without, ``specular_color`` is ones. With ``separate_volume`` volume
+    light (and the residual, with ``denoise_residual``) is the ``volume`` buffer instead of part of the
+    specular one (module docstring; models with the ``volume`` input). ``finite``: the caller has
     checked that no pass holds NaN/Inf (inference counts them for its warning), so none is checked again.
     """
     # Written with in-place operations on arrays made here (a 1080p frame: 8 fresh images instead of
@@ -238,18 +252,22 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False,
     transmission *= transmission_color
     specular += transmission
     del transmission
+    # volume light: its own buffer with separate_volume, else part of the specular one
+    volume = np.zeros_like(specular) if separate_volume else specular
     for name in OPTIONAL_PASSES:
         if name in passes:
-            specular += get(name)
+            volume += get(name)
     residual = diffuse_color * diffuse
     residual += specular
+    if separate_volume:
+        residual += volume
     np.subtract(rgb, residual, out=residual)
     if all(name in passes for name in EMITTED_PASSES):
         emission, environment = (get(name)[..., :3] for name in EMITTED_PASSES)
         emitted = np.add(emission, environment)
         diffuse, residual = _fold_covariance(diffuse, diffuse_color, residual, emitted)
     if denoise_residual:
-        specular += residual
+        volume += residual  # the specular buffer itself without separate_volume
         residual = np.zeros_like(residual)
     specular_color = np.ones_like(specular)
     if demodulate_specular:
@@ -266,6 +284,7 @@ def decompose(passes: dict[str, np.ndarray], denoise_residual: bool = False,
         residual=residual,
         alpha=alpha,
         specular_color=specular_color,
+        volume=volume if separate_volume else None,
     )
 
 
@@ -297,22 +316,29 @@ def _fold_covariance(diffuse: np.ndarray, diffuse_color: np.ndarray, residual: n
     return folded, residual
 
 
-def recombine(parts: Decomposition, diffuse: np.ndarray, specular: np.ndarray) -> np.ndarray:
-    """Beauty RGBA from (denoised) diffuse light and specular buffer (radiance, or light with
-    ``demodulate_specular``) plus the carried-through rest.
+def recombine(parts: Decomposition, diffuse: np.ndarray, specular: np.ndarray,
+              volume: np.ndarray | None = None) -> np.ndarray:
+    """Beauty RGBA from (denoised) diffuse light, specular buffer (radiance, or light with
+    ``demodulate_specular``) and, with ``separate_volume``, volume buffer, plus the carried-through rest.
 
-    With the noisy ``parts.diffuse`` / ``parts.specular`` this returns Combined (to float rounding).
+    With the noisy ``parts.diffuse`` / ``parts.specular`` / ``parts.volume`` this returns Combined (to
+    float rounding).
     """
-    return recombine_radiance(parts, diffuse, specular)[0]
+    return recombine_radiance(parts, diffuse, specular, volume)[0]
 
 
-def recombine_radiance(parts: Decomposition, diffuse: np.ndarray,
-                       specular: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recombine_radiance(parts: Decomposition, diffuse: np.ndarray, specular: np.ndarray,
+                       volume: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``recombine``'s beauty RGBA and the two terms it adds to the residual, each made finite: the
-    diffuse radiance ``diffuse_color * diffuse`` and the specular radiance ``specular_color * specular``.
+    diffuse radiance ``diffuse_color * diffuse`` and the specular radiance ``specular_color * specular``
+    (plus ``volume``, which a decomposition with ``separate_volume`` needs: all that is not diffuse).
     The beauty is planar, (4, H, W) storage behind the (H, W, 4) array, as an EXR pass is stored."""
+    if (volume is None) != (parts.volume is None):
+        raise ValueError("recombine takes a volume buffer exactly when the decomposition has one")
     diffuse_radiance = (parts.diffuse_color * diffuse).astype(np.float32, copy=False)
     specular_radiance = (parts.specular_color * specular).astype(np.float32, copy=False)
+    if volume is not None:
+        specular_radiance += volume
     height, width = diffuse_radiance.shape[:2]
     beauty = np.empty((3 + parts.alpha.shape[-1], height, width), np.float32).transpose(1, 2, 0)
     rgb = np.add(diffuse_radiance, specular_radiance, out=beauty[..., :3])

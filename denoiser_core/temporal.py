@@ -3,9 +3,9 @@
 A per-frame denoiser leaves a little low-frequency noise that differs from frame to frame, so flat surfaces
 shimmer in an animation. This filter runs after the networks (no retraining) on the two parts the networks
 produce, the demodulated diffuse light and the specular buffer (radiance, or light for models that
-demodulate specular), and on Diffuse Color, before ``passes.recombine`` multiplies the colours back in.
-Diffuse Color keeps history only where the image does not move (``color_motion``), so textures are never
-resampled under motion.
+demodulate specular; a model's volume buffer joins it), and on Diffuse Color, before ``passes.recombine``
+multiplies the colours back in. Diffuse Color keeps history only where the image does not move
+(``color_motion``), so textures are never resampled under motion.
 
 For every pixel of frame t:
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import DenoiserError
 from .inference import DenoiseResult
-from .models import COLOUR_OUTPUT
+from .models import COLOUR_OUTPUT, VOLUME_OUTPUT
 from .passes import missing_passes_hint, sanitize, sanitize_guide
 
 # Written into each temporal output: History.packed(), the filtered FILTERED parts and the frame count,
@@ -213,15 +213,24 @@ def frame_guides(passes: dict[str, np.ndarray]) -> FrameGuides:
 def filter_result(result: DenoiseResult, guides: FrameGuides, history: History | None,
                   settings: TemporalSettings = TemporalSettings()) -> tuple[DenoiseResult, TemporalResult]:
     """A per-frame ``result`` (Denoiser.denoise) blended with ``history`` and recombined as the per-frame
-    result is (``passes.recombine``); with no history it is returned unchanged."""
+    result is (``passes.recombine``); with no history it is returned unchanged.
+
+    A model's denoised volume buffer (``volume_denoised``, radiance) is filtered as part of the specular
+    one, in its space (divided by the specular colour that ``recombine`` multiplies back), so the history
+    keeps one layout for every model; the filtered sum is then the specular output, the volume zero."""
     parts = result.parts
-    step = temporal_filter({"diffuse": result.outputs["diffuse_denoised"],
-                            "specular": result.outputs["specular_denoised"],
+    specular = result.outputs["specular_denoised"]
+    volume = result.outputs.get(VOLUME_OUTPUT)
+    if volume is not None:
+        specular = specular + volume / parts.specular_color
+    step = temporal_filter({"diffuse": result.outputs["diffuse_denoised"], "specular": specular,
                             "diffuse_color": parts.diffuse_color}, guides, history, settings)
     if step.history_fraction == 0.0:
         return result, step
     outputs = {**result.outputs, "diffuse_denoised": step.parts["diffuse"],
                "specular_denoised": step.parts["specular"]}
+    if volume is not None:
+        outputs[VOLUME_OUTPUT] = np.zeros_like(volume)
     if COLOUR_OUTPUT in outputs:  # from_parts takes a model's denoised colour from its outputs
         outputs[COLOUR_OUTPUT] = step.parts["diffuse_color"]
     filtered_parts = replace(parts, diffuse_color=step.parts["diffuse_color"])

@@ -184,3 +184,9 @@ def test_minutes_plans_the_steps_from_a_probe_and_records_them(tmp_path):
     assert all(0 < row["validation_seconds"] < row["seconds"] for row in rows)
     again = run_script(*args)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+    # the probe starts from --init's weights as the run does (its validation scores are the run's)
+    missing = tmp_path / "missing.safetensors"
+    started = run_script(*args[:-5], "--run-dir", str(tmp_path / "from-init"), "--init", str(missing),
+                         "--probe-steps", "10", "--no-progress")
+    assert started.returncode == 2 and "missing.safetensors" in started.stderr
+    assert "steps planned in" not in started.stderr

@@ -52,6 +52,9 @@ class DataConfig:
     summary: str = ""               # one line for the model's training_data metadata
     denoise_residual: bool = False  # shards packed with --denoise-residual (specular = all but diffuse)
     demodulate_specular: bool = False  # shards packed with --demodulate-specular (specular light + colour)
+    # shards packed with --separate-volume: volume light (and the residual) a buffer of its own, which
+    # the specular network filters as a second signal (training/graph.py; needs kpunet)
+    separate_volume: bool = False
 
 
 @dataclass
@@ -225,6 +228,8 @@ def validate(config: Config) -> None:
          "data.denoise_residual needs data.kind shards (packed with --denoise-residual)"),
         (config.data.kind == "shards" or not config.data.demodulate_specular,
          "data.demodulate_specular needs data.kind shards (packed with --demodulate-specular)"),
+        (config.data.kind == "shards" or not config.data.separate_volume,
+         "data.separate_volume needs data.kind shards (packed with --separate-volume)"),
         (config.loss.type in ("l1", "relmse", "smape", "ssim", "combined"), "unknown loss.type"),
         (config.loss.range in ("hdr", "tonemapped"), "loss.range must be hdr or tonemapped"),
         (config.loss.tonemap in ("srgb", "reinhard", "log"), "loss.tonemap must be srgb, reinhard or log"),

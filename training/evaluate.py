@@ -216,7 +216,7 @@ def kind_table(rows: list[dict], methods: list[str]) -> list[str]:
     return lines
 
 
-BUDGET_TERMS = ("diffuse", "specular", "residual", "diffuse_color")
+BUDGET_TERMS = ("diffuse", "specular", "volume", "residual", "diffuse_color")
 
 
 def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
@@ -229,10 +229,12 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
     result = denoiser.denoise(noisy)
     # split as the model was trained: with denoise_residual the residual is inside its specular term
     flags = {"denoise_residual": denoiser.info.denoise_residual,
-             "demodulate_specular": denoiser.info.demodulate_specular}
+             "demodulate_specular": denoiser.info.demodulate_specular,
+             "separate_volume": denoiser.info.separates_volume}
     parts, truth = decompose(noisy, **flags), decompose(reference, **flags)
     model_terms = {"diffuse": result.outputs["diffuse_denoised"],
                    "specular": result.outputs["specular_denoised"], "specular_color": parts.specular_color,
+                   "volume": result.outputs.get("volume_denoised"),
                    # the colour the core multiplied back: the render's, or a model's denoised one
                    "residual": parts.residual, "diffuse_color": result.parts.diffuse_color}
     target = to_srgb(reference["combined"][..., :3])
@@ -240,10 +242,12 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
     def score(terms: dict[str, np.ndarray]) -> float:  # the core's own recombination, terms swapped in
         carried = replace(parts, diffuse_color=terms["diffuse_color"], residual=terms["residual"],
                           specular_color=terms["specular_color"])
-        return psnr(to_srgb(recombine(carried, terms["diffuse"], terms["specular"])), target)
+        return psnr(to_srgb(recombine(carried, terms["diffuse"], terms["specular"], terms["volume"])), target)
 
     budget = {"noisy": psnr(to_srgb(noisy["combined"][..., :3]), target), "model": score(model_terms)}
     for term in BUDGET_TERMS:
+        if term == "volume" and parts.volume is None:
+            continue
         swapped = {term: getattr(truth, term)}
         if term == "specular":  # demodulated specular light is the reference's light under its own colour
             swapped["specular_color"] = truth.specular_color

@@ -26,6 +26,12 @@ Pre-processing (after Bako et al. 2017, KPCN):
   the denoised light by them. Such models take Diffuse Color as an input (a feature of both networks,
   clamped to [0, 1]) and the diffuse network filters it with kernels of its own (kpunet ``signals: 2``)
   into a third output, ``diffuse_color_denoised``, which the core multiplies back instead.
+* Volume light apart (optional, ``separate_volume``; shards packed with ``--separate-volume``): the
+  decomposition's ``volume`` buffer (volume light, and the residual with ``denoise_residual``) is a third
+  colour input. The specular network filters it with kernels of its own (kpunet ``signals: 2``, in log1p
+  space like the specular buffer) into ``volume_denoised``, and both networks see it (log1p) as a feature:
+  in fog it is most of the image, and a glossy or demodulated specular buffer beside it then holds only
+  surface light.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoiser_core.models import COLOUR_OUTPUT  # models with denoise_diffuse_color
+from denoiser_core.models import COLOUR_OUTPUT, VOLUME_OUTPUT  # models with the optional outputs
 from denoiser_core.models import KNOWN_INPUTS as INPUT_CHANNELS  # the contract's inputs: name -> channels
 from training.archs import build_arch
 from training.archs.blocks import DifferencesConv2d, first_convolution
@@ -93,31 +99,45 @@ class DenoiserGraph(nn.Module):
 
     def __init__(self, model: dict, log_diffuse: bool = False, use_variance: bool = False,
                  use_gradients: bool = True, depth_max: float = 1e4, albedo_max: float | None = None,
-                 denoise_diffuse_color: bool = False):
+                 denoise_diffuse_color: bool = False, separate_volume: bool = False):
         super().__init__()
         self.denoise_diffuse_color = bool(denoise_diffuse_color)
-        if self.denoise_diffuse_color and model.get("type") != "kpunet":
-            raise ValueError("graph.denoise_diffuse_color needs a kpunet model (it filters two signals)")
+        self.separate_volume = bool(separate_volume)
+        if (self.denoise_diffuse_color or self.separate_volume) and model.get("type") != "kpunet":
+            raise ValueError("graph.denoise_diffuse_color and data.separate_volume need a kpunet model (its "
+                             "networks filter several signals)")
         self.albedo_max = None if albedo_max is None else float(albedo_max)
         self.model_spec = dict(model)
-        self.log_space = {"diffuse": log_diffuse, "specular": True}
+        self.log_space = {"diffuse": log_diffuse, "specular": True, "volume": True}
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
         self.differences_folded = False  # until _fold_differences
         architecture = {key: value for key, value in model.items() if key != "channels"}
-        colour_net = {**architecture, "signals": 2}  # the diffuse network also filters Diffuse Color
-        self.nets = nn.ModuleDict({c: build_arch(colour_net if c == "diffuse" and self.denoise_diffuse_color
+        # the diffuse network also filters Diffuse Color, the specular one the volume buffer
+        two_signals = {"diffuse": self.denoise_diffuse_color, "specular": self.separate_volume}
+        self.nets = nn.ModuleDict({c: build_arch({**architecture, "signals": 2} if two_signals[c]
                                                  else architecture, self.feature_channels)
                                    for c in COMPONENTS})
         if model.get("channels"):  # a pruned graph (training/prune.py)
             outputs = {id(layer) for net in self.nets.values() if hasattr(net, "output_layers")
                        for layer in net.output_layers()}
-            set_layer_channels(self, model["channels"], frozenset(
+            set_layer_channels(self, self._with_feature_inputs(model["channels"]), frozenset(
                 name for name, layer in self.named_modules() if id(layer) in outputs))
         self.differences_folded = self._fold_differences()
         # Extra input channels the networks' first convolutions take, with zero weights (export's
         # pad_input_channels): the result is unchanged, and onnxruntime runs a convolution whose input
         # channels are a multiple of its NCHWc block (16 with AVX-512) about twice as fast.
         self.input_padding = 0
+
+    def _with_feature_inputs(self, channels: dict[str, list[int]]) -> dict[str, list[int]]:
+        """A pruned config's ``channels`` with each network's input convolution taking this graph's
+        ``feature_channels``: pruning never removes inputs, and the count follows the graph's options (a
+        pruned network fine-tuned with more features, ``_load_from_state_dict``)."""
+        channels = dict(channels)
+        for component, net in self.nets.items():
+            path = f"nets.{component}.{first_convolution(net)[0]}"
+            if path in channels:
+                channels[path] = [self.feature_channels, channels[path][1]]
+        return channels
 
     @property
     def feature_channels(self) -> int:
@@ -157,7 +177,10 @@ class DenoiserGraph(nn.Module):
 
     @property
     def _feature_inputs(self) -> tuple[str, ...]:
-        return FEATURE_INPUTS + (("diffuse_color",) if self.denoise_diffuse_color else ())
+        """The inputs every network sees beside its own colour, in ``_shared_features`` order: optional
+        ones appended, so weights without them load with zero weights for them (``_load_from_state_dict``)."""
+        return (FEATURE_INPUTS + (("diffuse_color",) if self.denoise_diffuse_color else ())
+                + (("volume",) if self.separate_volume else ()))
 
     @property
     def input_names(self) -> list[str]:
@@ -166,7 +189,8 @@ class DenoiserGraph(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return list(OUTPUTS) + ([COLOUR_OUTPUT] if self.denoise_diffuse_color else [])
+        return (list(OUTPUTS) + ([COLOUR_OUTPUT] if self.denoise_diffuse_color else [])
+                + ([VOLUME_OUTPUT] if self.separate_volume else []))
 
     def _input_blocks(self, shared: int) -> list[int]:
         """Channel counts of ``_network_input``'s parts, in order, with ``shared`` feature channels."""
@@ -175,26 +199,43 @@ class DenoiserGraph(nn.Module):
         return blocks + ([INPUT_CHANNELS["diffuse_variance"]] if self.use_variance else [])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Weights of the graph without Diffuse Color load into one with it (``train.py --init``): each
-        network's first convolution gets zero weights for the new feature channels, so the fine-tune
-        starts from the trained network (kpunet starts the colour's kernels as the identity)."""
-        if self.denoise_diffuse_color:
-            without = sum(INPUT_CHANNELS[name] for name in FEATURE_INPUTS)
-            with_colour = without + INPUT_CHANNELS["diffuse_color"]
-            old_blocks, new_blocks = self._input_blocks(without), self._input_blocks(with_colour)
-            for component, net in self.nets.items():
-                name, _conv = first_convolution(net)
-                key = f"{prefix}nets.{component}.{name}.weight"
-                stored = state_dict.get(key)
-                if stored is None or stored.shape[1] != sum(old_blocks):  # the graph's own shape, or no match
-                    continue
+        """Weights of a graph with fewer feature inputs (without Diffuse Color, or without the volume
+        buffer) load into this one (``train.py --init``): each network's first convolution gets zero
+        weights for the added feature channels, so the fine-tune starts from the trained network (kpunet
+        starts a Diffuse Color signal's kernels as the identity). A specular network that did not filter
+        the volume buffer starts filtering it with the kernels it predicted for the specular buffer,
+        which held the volume light then."""
+        shared = self._shared_channels
+        for component, net in self.nets.items():
+            name, _conv = first_convolution(net)
+            key = f"{prefix}nets.{component}.{name}.weight"
+            stored = state_dict.get(key)
+            fewer = [s for s in range(sum(INPUT_CHANNELS[n] for n in FEATURE_INPUTS), shared)
+                     if stored is not None and stored.dim() == 4
+                     and stored.shape[1] == sum(self._input_blocks(s))]
+            if fewer:
+                old_blocks, new_blocks = self._input_blocks(fewer[0]), self._input_blocks(shared)
                 widened = stored.new_zeros((stored.shape[0], sum(new_blocks), *stored.shape[2:]))
                 old_start = new_start = 0
                 for old, new in zip(old_blocks, new_blocks, strict=True):
                     widened[:, new_start:new_start + old] = stored[:, old_start:old_start + old]
                     old_start, new_start = old_start + old, new_start + new
                 state_dict[key] = widened
+        if self.separate_volume:
+            self._copy_specular_kernels(state_dict, f"{prefix}nets.specular.")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _copy_specular_kernels(self, state_dict, prefix: str) -> None:
+        """A one-signal specular head's logits, given twice: kpunet then reads the second copy as the
+        volume signal's kernels (cut to its size at levels where it is smaller)."""
+        net = self.nets["specular"]
+        for level, head in enumerate(net.heads):
+            for name in ("weight", "bias"):
+                key = f"{prefix}heads.{level}.{name}"
+                stored = state_dict.get(key)
+                one_signal = net.predict_kernels[level] ** 2 + net._blend_rows(level)
+                if stored is not None and stored.shape[0] == one_signal != head.out_channels:
+                    state_dict[key] = torch.cat([stored, stored])
 
     @property
     def receptive_radius(self) -> int:
@@ -213,11 +254,16 @@ class DenoiserGraph(nn.Module):
         # exp(x) - 1 rather than expm1: the ONNX exporter has no expm1; float32 error is ~1e-7 absolute
         return torch.exp(x) - 1 if self.log_space[component] else x
 
-    def _shared_features(self, albedo: torch.Tensor, normal: torch.Tensor, depth: torch.Tensor,
-                         diffuse_color: torch.Tensor | None = None) -> torch.Tensor:
-        depth = torch.log1p(depth.clamp(0, self.depth_max)) / math.log1p(self.depth_max)
-        features = [albedo.clamp(0, self.albedo_max), normal, depth]
-        return torch.cat(features + ([diffuse_color.clamp(0, 1)] if diffuse_color is not None else []), dim=1)
+    def _shared_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``_feature_inputs`` as the networks see them: albedo clamped, depth normalised, Diffuse Color
+        clamped to [0, 1], the volume buffer log1p-compressed like the colours."""
+        depth = torch.log1p(inputs["depth"].clamp(0, self.depth_max)) / math.log1p(self.depth_max)
+        features = [inputs["albedo"].clamp(0, self.albedo_max), inputs["normal"], depth]
+        if self.denoise_diffuse_color:
+            features.append(inputs["diffuse_color"].clamp(0, 1))
+        if self.separate_volume:
+            features.append(torch.log1p(inputs["volume"].clamp(min=0)))
+        return torch.cat(features, dim=1)
 
     def _network_input(self, linear: torch.Tensor, shared: list[torch.Tensor],
                        variance: torch.Tensor | None) -> torch.Tensor:
@@ -237,13 +283,14 @@ class DenoiserGraph(nn.Module):
         return torch.cat(parts, dim=1)
 
     def _shared_parts(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        shared = self._shared_features(inputs["albedo"], inputs["normal"], inputs["depth"],
-                                       inputs["diffuse_color"] if self.denoise_diffuse_color else None)
+        shared = self._shared_features(inputs)
         differences = self.use_gradients and not self.differences_folded
         return [shared, *finite_differences(shared)] if differences else [shared]
 
     def denoise(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Both components: ``{c}`` (linear output) and ``{c}_space`` (in the filtering space)."""
+        """Both components: ``{c}`` (linear output) and ``{c}_space`` (in the filtering space); with
+        ``separate_volume`` ``volume`` and ``volume_space`` too, with ``denoise_diffuse_color``
+        ``diffuse_color``."""
         shared = self._shared_parts(inputs)
         out: dict[str, torch.Tensor] = {}
         for component in COMPONENTS:
@@ -254,6 +301,10 @@ class DenoiserGraph(nn.Module):
             if component == "diffuse" and self.denoise_diffuse_color:
                 colour = inputs["diffuse_color"].clamp(min=0)
                 filtered, out["diffuse_color"] = self.nets[component](features, signal, colour)
+            elif component == "specular" and self.separate_volume:
+                volume = self.to_space("volume", inputs["volume"])
+                filtered, out["volume_space"] = self.nets[component](features, signal, volume)
+                out["volume"] = self.from_space("volume", out["volume_space"])
             else:
                 filtered = self.nets[component](features, signal)
             out[f"{component}_space"] = filtered
@@ -262,11 +313,12 @@ class DenoiserGraph(nn.Module):
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inputs in ``input_names`` order (as ONNX feeds them) or by name; outputs in ``output_names``
-        order: diffuse light, specular[, Diffuse Color]."""
+        order: diffuse light, specular[, Diffuse Color][, volume]."""
         inputs = {**dict(zip(self.input_names[:len(args)], args, strict=True)), **kwargs}
         out = self.denoise(inputs)
-        return (out["diffuse"], out["specular"]) + ((out["diffuse_color"],) if self.denoise_diffuse_color
-                                                    else ())
+        return ((out["diffuse"], out["specular"]) + ((out["diffuse_color"],) if self.denoise_diffuse_color
+                                                     else ())
+                + ((out["volume"],) if self.separate_volume else ()))
 
 
 def example_inputs(graph: DenoiserGraph, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -276,7 +328,7 @@ def example_inputs(graph: DenoiserGraph, height: int, width: int, seed: int = 0)
     inputs = {}
     for name in graph.input_names:
         x = torch.rand(1, INPUT_CHANNELS[name], height, width, generator=g)
-        if name in COMPONENTS:
+        if name in COMPONENTS or name == "volume":
             x = x * 4 * torch.rand(1, 1, height, width, generator=g) ** 4
         elif name == "normal":
             x = 2 * x - 1
@@ -291,4 +343,5 @@ def build_graph(config) -> DenoiserGraph:
     g = config.graph
     return DenoiserGraph(config.model, log_diffuse=g.log_diffuse, use_variance=g.use_variance,
                          use_gradients=g.use_gradients, depth_max=g.depth_max, albedo_max=g.albedo_max,
-                         denoise_diffuse_color=g.denoise_diffuse_color)
+                         denoise_diffuse_color=g.denoise_diffuse_color,
+                         separate_volume=config.data.separate_volume)

@@ -121,25 +121,31 @@ class DenoiseLoss:
 
 
 def recombine(diffuse_color: torch.Tensor, diffuse: torch.Tensor, specular: torch.Tensor,
-              specular_color: torch.Tensor | None = None) -> torch.Tensor:
+              specular_color: torch.Tensor | None = None, volume: torch.Tensor | None = None) -> torch.Tensor:
     """The beauty the networks are responsible for: DiffCol * diffuse light + specular, the specular
-    multiplied by ``specular_color`` when it is light (shards packed with --demodulate-specular)."""
-    return diffuse_color * diffuse + (specular if specular_color is None else specular_color * specular)
+    multiplied by ``specular_color`` when it is light (shards packed with --demodulate-specular), plus
+    the volume buffer when it is apart (--separate-volume)."""
+    beauty = diffuse_color * diffuse + (specular if specular_color is None else specular_color * specular)
+    return beauty if volume is None else beauty + volume
 
 
 def recombine_batch(batch: dict, diffuse: torch.Tensor, specular: torch.Tensor,
-                    diffuse_color: torch.Tensor | None = None) -> torch.Tensor:
+                    diffuse_color: torch.Tensor | None = None, volume: torch.Tensor | None = None,
+                    ) -> torch.Tensor:
     """``recombine`` with the colours of ``batch`` (its ``specular_color`` when the shards have one), or
-    with ``diffuse_color`` in place of the noisy render's."""
+    with ``diffuse_color`` in place of the noisy render's; shards with a volume buffer add ``volume``,
+    or the batch's noisy one."""
     colour = batch["diffuse_color"] if diffuse_color is None else diffuse_color
-    return recombine(colour, diffuse, specular, batch.get("specular_color"))
+    if volume is None:
+        volume = batch.get("volume")
+    return recombine(colour, diffuse, specular, batch.get("specular_color"), volume)
 
 
 def reference_beauty(batch: dict) -> torch.Tensor:
     """The reference image: reference light times the reference's Diffuse Color where the shards hold it
     (pack index version 3), else the noisy render's (older packs)."""
     return recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"],
-                           batch.get("diffuse_color_reference"))
+                           batch.get("diffuse_color_reference"), batch.get("volume_reference"))
 
 
 def diffuse_colours(batch: dict, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,24 +157,26 @@ def diffuse_colours(batch: dict, outputs: dict) -> tuple[torch.Tensor, torch.Ten
     return batch["diffuse_color"], batch["diffuse_color"]
 
 
-# The colour that turns each component's buffer into its share of the beauty (``contribution``).
-COMPONENT_COLOURS = {"diffuse": "diffuse_color", "specular": "specular_color"}
+# The colour that turns each component's buffer into its share of the beauty (``contribution``); the
+# volume buffer is radiance, its own share.
+COMPONENT_COLOURS = {"diffuse": "diffuse_color", "specular": "specular_color", "volume": None}
 
 
 def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str) -> torch.Tensor:
-    """Loss of one training stage: ``components`` (diffuse + specular, each on its own, as KPCN) or
-    ``joint`` (the recombined image ``diffuse_color * diffuse + specular_color * specular``)."""
+    """Loss of one training stage: ``components`` (diffuse + specular (+ volume), each on its own, as
+    KPCN) or ``joint`` (the recombined image ``diffuse_color * diffuse + specular_color * specular``
+    (+ volume))."""
     predicted_colour, target_colour = diffuse_colours(batch, outputs)
     if target == "joint":
-        pred = recombine_batch(batch, outputs["diffuse"], outputs["specular"], predicted_colour)
-        return loss(pred, recombine_batch(batch, batch["diffuse_reference"], batch["specular_reference"],
-                                          target_colour))
+        pred = recombine_batch(batch, outputs["diffuse"], outputs["specular"], predicted_colour,
+                               outputs.get("volume"))
+        return loss(pred, reference_beauty({**batch, "diffuse_color_reference": target_colour}))
     total = 0
-    for component in ("diffuse", "specular"):
+    for component in ("diffuse", "specular", "volume")[:3 if "volume" in outputs else 2]:
         reference = batch[f"{component}_reference"]
         shown = (outputs[component], reference)  # what tonemapping sees of this component
         colours = ((predicted_colour, target_colour) if component == "diffuse"
-                   else (batch.get(COMPONENT_COLOURS[component]),) * 2)
+                   else (batch.get(COMPONENT_COLOURS[component] or ""),) * 2)
         if colours[0] is not None and loss.config.tonemapped_diffuse == "contribution":
             shown = (colours[0] * outputs[component], colours[1] * reference)
         if loss.config.component_space == "filtering":

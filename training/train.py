@@ -100,7 +100,8 @@ def validate(graph: nn.Module, dataset, config: Config, device: torch.device) ->
         batch = {k: v.to(device).float() for k, v in batch.items()}
         out = graph.denoise(batch)
         reference = reference_beauty(batch)
-        denoised = recombine_batch(batch, out["diffuse"], out["specular"], out.get("diffuse_color"))
+        denoised = recombine_batch(batch, out["diffuse"], out["specular"], out.get("diffuse_color"),
+                                   out.get("volume"))
         noisy = recombine_batch(batch, batch["diffuse"], batch["specular"])
         scores["psnr"].append(psnr(denoised, reference, config.loss.tonemap))
         scores["noisy_psnr"].append(psnr(noisy, reference, config.loss.tonemap))
@@ -283,15 +284,17 @@ def with_train(config: Config, **values) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **values))
 
 
-def seconds_per_step(config: Config, probe_steps: int) -> tuple[float, float]:
+def seconds_per_step(config: Config, probe_steps: int,
+                     init: str | Path | None = None) -> tuple[float, float]:
     """Seconds per training step between the probe's two validations (after warm-up: cuDNN's algorithm
     search, the data workers' start), and seconds per validation (the second one). Apart, because a
-    planned run validates about ten times in all (``validation_interval``), not once every half probe."""
+    planned run validates about ten times in all (``validation_interval``), not once every half probe.
+    The probe starts from ``init`` as the run will, so the validation scores it prints are the run's."""
     half = max(1, probe_steps // 2)
     probe = with_train(config, steps=2 * half, val_interval=half, checkpoint_interval=10**9,
                        log_interval=half)
     with tempfile.TemporaryDirectory(prefix="train-probe-") as folder:
-        train(probe, folder, progress=False)
+        train(probe, folder, init=init, progress=False)
         rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
     if len(rows) < 2:
         raise ValueError("--minutes needs validation data (data.val) to time its probe")
@@ -324,12 +327,13 @@ def plan_steps(budget_s: float, per_step_s: float, minimum: int = 100, per_valid
     return steps
 
 
-def fit_to_budget(config: Config, deadline: float, probe_steps: int) -> Config:
+def fit_to_budget(config: Config, deadline: float, probe_steps: int,
+                  init: str | Path | None = None) -> Config:
     """``config`` with the steps (and a tenth of them as validation/checkpoint interval) that end by
     ``deadline`` (``time.perf_counter()`` seconds), measured by a probe run."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--minutes plans a single-process run; give a torchrun run train.steps")
-    per_step, per_validation = seconds_per_step(config, probe_steps)
+    per_step, per_validation = seconds_per_step(config, probe_steps, init)
     remaining = deadline - time.perf_counter()
     steps = plan_steps(remaining, per_step, per_validation_s=per_validation)
     interval = validation_interval(steps)
@@ -356,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.minutes is not None:
             if RunFolder(run_dir).config_path.exists():
                 raise ValueError(f"{run_dir} already holds a run: resume it without --minutes")
-            config = fit_to_budget(config, started + args.minutes * 60, args.probe_steps)
+            config = fit_to_budget(config, started + args.minutes * 60, args.probe_steps, args.init)
         result = train(config, run_dir, init=args.init, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"train: error: {error}", file=sys.stderr)

@@ -5,7 +5,8 @@ Each item is the training-sample dict of docs/contract.md: float32 CHW tensors `
 ``specular_reference``, ``diffuse_color`` and (index version 3) ``diffuse_color_reference``; shards
 packed with ``--demodulate-specular`` add
 ``specular_color`` (their specular and specular reference are light: recombine with
-``diffuse_color * diffuse + specular_color * specular``).
+``diffuse_color * diffuse + specular_color * specular``); shards packed with ``--separate-volume`` add
+``volume`` and ``volume_reference`` (radiance, added to that sum).
 
 Augmentation (``augment=True``): a random ``patch_size`` crop of the stored patch, a random one of the 8
 flips/rotations of the square, and a random permutation of the RGB channels (the same for every colour
@@ -24,10 +25,11 @@ import numpy as np
 import torch
 
 COLOUR = ("diffuse", "specular", "albedo", "diffuse_reference", "specular_reference", "diffuse_color",
-          "specular_color", "diffuse_color_reference")
+          "specular_color", "diffuse_color_reference", "volume", "volume_reference")
 # How the specular buffer was packed (training/datagen/pack.py): index key -> the pack option that sets it.
 # One dataset never mixes shards that differ in these.
-PACKING_FLAGS = {"denoise_residual": "--denoise-residual", "demodulate_specular": "--demodulate-specular"}
+PACKING_FLAGS = {"denoise_residual": "--denoise-residual", "demodulate_specular": "--demodulate-specular",
+                 "separate_volume": "--separate-volume"}
 
 
 def _index_files(paths) -> list[Path]:
@@ -98,6 +100,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self.channels: list[tuple[str, int]] | None = None
         self.denoise_residual: bool | None = None  # how the specular buffer was packed (PACKING_FLAGS)
         self.demodulate_specular: bool | None = None
+        self.separate_volume: bool | None = None
         for index_file in _index_files(paths):
             index = json.loads(index_file.read_text())
             channels = [tuple(c) for c in index["channels"]]

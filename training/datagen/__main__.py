@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demodulate-specular", action="store_true",
                    help="specular light (divided by Glossy + Transmission Color) and that colour; writes "
                         "<folder>-d (-d-r with --denoise-residual), for data.demodulate_specular: true")
+    p.add_argument("--separate-volume", action="store_true",
+                   help="volume light (and the residual with --denoise-residual) in a buffer of its own, "
+                        "not in the specular one; writes <folder>...-v, for data.separate_volume: true")
     s = sub.add_parser("summary", help="manifest statistics and a contact sheet of references")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--docs", type=Path, default=Path("docs"))
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             stats = pack.pack_split(args.out, args.split, patch=args.patch, full=args.full,
                                     max_firefly_fraction=args.max_firefly_fraction, seed=args.seed,
                                     denoise_residual=args.denoise_residual,
-                                    demodulate_specular=args.demodulate_specular)
+                                    demodulate_specular=args.demodulate_specular,
+                                    separate_volume=args.separate_volume)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

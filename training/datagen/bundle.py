@@ -174,7 +174,7 @@ def _inside(root: Path, name: str) -> Path:
 
 
 # index fields that must agree for two bundles' parts of a folder to be one folder
-_SAME_FOLDER = ("version", "channels", "patch", "denoise_residual", "demodulate_specular")
+_SAME_FOLDER = ("version", "channels", "patch", "denoise_residual", "demodulate_specular", "separate_volume")
 
 
 def _merged_index(folder: Path, index: dict) -> tuple[dict, int]:

@@ -21,7 +21,10 @@ Layout: ``OUT/packed/{split}-p{patch}/shard-00000.npy`` (N, C, P, P) float16 plu
 ``--demodulate-specular`` packs them as specular *light* (``decompose``'s ``demodulate_specular``) plus the
 noisy render's specular colour (``specular_color``, 3 more channels) into ``<folder>-d``; the reference's
 specular radiance is divided by that same colour, so input and target are light in the same units and
-``specular_color * specular_reference`` is the reference radiance.
+``specular_color * specular_reference`` is the reference radiance. ``--separate-volume`` packs volume light
+(and, with ``--denoise-residual``, the residual) apart from the specular buffer as ``volume`` and
+``volume_reference`` (6 more channels, radiance) into ``<folder>-v``: nothing but glossy and transmission
+light is then divided by the specular colour.
 """
 
 from __future__ import annotations
@@ -44,27 +47,36 @@ CHANNELS = (("diffuse", 3), ("specular", 3), ("albedo", 3), ("normal", 3), ("dep
 RADIANCE = {"diffuse", "specular", "diffuse_std", "specular_std", "diffuse_reference", "specular_reference"}
 # Appended to CHANNELS in shards packed with --demodulate-specular (see channels_for).
 DEMODULATED_CHANNELS = (("specular_color", 3),)
+# Appended (after those) in shards packed with --separate-volume.
+VOLUME_CHANNELS = (("volume", 3), ("volume_reference", 3))
+RADIANCE |= {"volume", "volume_reference"}
 FP16_MAX = 65504.0
 SHARD_PATCHES = 256
 
 
-def channels_for(demodulate_specular: bool) -> tuple[tuple[str, int], ...]:
-    """The stored channels, in order, of shards packed with or without --demodulate-specular."""
-    return CHANNELS + DEMODULATED_CHANNELS if demodulate_specular else CHANNELS
+def channels_for(demodulate_specular: bool,
+                 separate_volume: bool = False) -> tuple[tuple[str, int], ...]:
+    """The stored channels, in order, of shards packed with or without --demodulate-specular and
+    --separate-volume."""
+    return (CHANNELS + (DEMODULATED_CHANNELS if demodulate_specular else ())
+            + (VOLUME_CHANNELS if separate_volume else ()))
 
 
 def view_tensors(view_dir: Path, spp: int, ref, scale: float, denoise_residual: bool = False,
-                 demodulate_specular: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 demodulate_specular: bool = False,
+                 separate_volume: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) float32 stack for one noisy level of a view, and its (H, W) non-finite-input mask.
 
-    ``ref`` is the reference's decomposition without demodulation (its specular is radiance)."""
+    ``ref`` is the reference's decomposition without demodulation (its specular is radiance), with the
+    same ``separate_volume``."""
     a, b = read_passes(str(view_dir / f"spp{spp}_a.exr")), read_passes(str(view_dir / f"spp{spp}_b.exr"))
     bad = np.zeros(a["combined"].shape[:2], bool)
     for passes in (a, b):
         for array in passes.values():
             bad |= ~np.isfinite(array).all(-1)
     mean = {name: (a[name] + b[name]) * 0.5 for name in a if name in b}
-    da, db, dm = (decompose(p, denoise_residual, demodulate_specular) for p in (a, b, mean))
+    da, db, dm = (decompose(p, denoise_residual, demodulate_specular, separate_volume=separate_volume)
+                  for p in (a, b, mean))
     parts = {
         "diffuse": dm.diffuse, "specular": dm.specular, "albedo": dm.albedo, "normal": dm.normal,
         "depth": dm.depth, "diffuse_color": dm.diffuse_color, "specular_color": dm.specular_color,
@@ -76,9 +88,10 @@ def view_tensors(view_dir: Path, spp: int, ref, scale: float, denoise_residual: 
         # the reference's own colour: behind volumes the render's Diffuse Color is noisy, and models that
         # denoise it (graph.denoise_diffuse_color) are held to this one
         "diffuse_color_reference": ref.diffuse_color,
+        "volume": dm.volume, "volume_reference": ref.volume,
     }
     stack = [parts[name] * (scale if name in RADIANCE else 1.0)
-             for name, _count in channels_for(demodulate_specular)]
+             for name, _count in channels_for(demodulate_specular, separate_volume)]
     return np.concatenate(stack, -1).transpose(2, 0, 1).astype(np.float32), bad
 
 
@@ -88,6 +101,8 @@ def importance_map(stack: np.ndarray, channels=CHANNELS) -> np.ndarray:
     i = channel_slices(channels)
     specular = stack[i["specular"]] * (stack[i["specular_color"]] if "specular_color" in i else 1.0)
     colour = stack[i["diffuse"]] * stack[i["diffuse_color"]] + specular
+    if "volume" in i:
+        colour = colour + stack[i["volume"]]
     var = stack[i["diffuse_std"]][0] ** 2 + stack[i["specular_std"]][0] ** 2
     colour_term = var / (luminance(colour.transpose(1, 2, 0)) ** 2 + 1e-2)
     normal = stack[i["normal"]]
@@ -134,7 +149,7 @@ INDEX_VERSION = 3
 
 
 def load_index(folder: Path, patch: int | None, denoise_residual: bool = False,
-               demodulate_specular: bool = False) -> dict:
+               demodulate_specular: bool = False, separate_volume: bool = False) -> dict:
     path = folder / "index.json"
     if path.exists():
         index = json.loads(path.read_text())
@@ -142,10 +157,12 @@ def load_index(folder: Path, patch: int | None, denoise_residual: bool = False,
             raise ValueError(f"{folder} was packed with an older decomposition (index version "
                              f"{index.get('version', 1)}, now {INDEX_VERSION}): remove it and pack again")
         return index
-    return {"version": INDEX_VERSION, "channels": [list(c) for c in channels_for(demodulate_specular)],
+    return {"version": INDEX_VERSION,
+            "channels": [list(c) for c in channels_for(demodulate_specular, separate_volume)],
             "patch": patch, "shards": [], "packed_views": [],
             "dropped": {"nonfinite": 0, "fp16_overflow": 0, "fireflies": 0}, "discarded_views": [],
-            "denoise_residual": denoise_residual, "demodulate_specular": demodulate_specular}
+            "denoise_residual": denoise_residual, "demodulate_specular": demodulate_specular,
+            "separate_volume": separate_volume}
 
 
 def save_atomic(path: Path, write) -> None:
@@ -161,19 +178,22 @@ def save_atomic(path: Path, write) -> None:
 
 def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
                max_firefly_fraction: float = 0.002, seed: int = 0, denoise_residual: bool = False,
-               demodulate_specular: bool = False) -> dict:
+               demodulate_specular: bool = False, separate_volume: bool = False) -> dict:
     """Pack every finished view of ``split`` not packed yet; returns counts of this run.
 
     ``denoise_residual``: the specular channels hold everything but diffuse light (``decompose``), for
     models that denoise emission and environment too; written to ``<folder>-r``.
     ``demodulate_specular``: the specular channels are light, with the specular colour stored beside them
     (module docstring); written to ``<folder>-d`` (``<folder>-d-r`` with both).
+    ``separate_volume``: volume light (and the residual) in channels of its own; ``<folder>...-v``.
     """
     name = f"{split}-full" if full else f"{split}-p{patch}"
-    name += ("-d" if demodulate_specular else "") + ("-r" if denoise_residual else "")
+    name += (("-d" if demodulate_specular else "") + ("-r" if denoise_residual else "")
+             + ("-v" if separate_volume else ""))
     folder = out_root / "packed" / name
     folder.mkdir(parents=True, exist_ok=True)
-    index = load_index(folder, None if full else patch, denoise_residual, demodulate_specular)
+    index = load_index(folder, None if full else patch, denoise_residual, demodulate_specular,
+                       separate_volume)
     done = set(index["packed_views"]) | set(index["discarded_views"])
     views = [r for r in plan.read_manifest(out_root) if r["split"] == split and r["id"] not in done]
     pending: list[np.ndarray] = []
@@ -199,16 +219,17 @@ def pack_split(out_root: Path, split: str, patch: int = 64, full: bool = False,
         if fireflies.mean() > max_firefly_fraction:
             index["discarded_views"].append(record["id"])
             continue
-        ref = decompose(ref_passes, denoise_residual)
+        ref = decompose(ref_passes, denoise_residual, separate_volume=separate_volume)
         scale = exposure_scale(ref_passes["combined"][..., :3], rng)
         for spp in record["spp"]:
-            stack, bad = view_tensors(view_dir, spp, ref, scale, denoise_residual, demodulate_specular)
+            stack, bad = view_tensors(view_dir, spp, ref, scale, denoise_residual, demodulate_specular,
+                                      separate_volume)
             meta = {"view": record["id"], "kind": record["kind"], "spp": spp, "ref_spp": record["ref_spp"],
                     "scale": round(scale, 6)}
             if full:
                 positions, size = [(0, 0)], stack.shape[1:]
             else:
-                importance = importance_map(stack, channels_for(demodulate_specular))
+                importance = importance_map(stack, channels_for(demodulate_specular, separate_volume))
                 positions, size = choose_patches(importance, patch, rng, patch / 2), (patch, patch)
             for y, x in positions:
                 window = (slice(y, y + size[0]), slice(x, x + size[1]))
