@@ -230,8 +230,11 @@ def test_summary_command_prints_parameters_flops_and_radius():
 def test_every_shipped_config_is_valid(path):
     config = load_config(path)
     assert config.train.steps > 0 and config.model["type"]
-    if config.data.denoise_residual:  # trains on the -r shards make_dataset.sh packs for it
-        assert all(folder.endswith("-r") for folder in config.data.train + config.data.val)
+    # trains on the shards `pack` writes for its flags: folders ending in -d, -r, -v as it names them
+    flags = (("d", config.data.demodulate_specular), ("r", config.data.denoise_residual),
+             ("v", config.data.separate_volume))
+    suffix = "".join(f"-{letter}" for letter, packed in flags if packed)
+    assert all(folder.endswith(suffix) for folder in config.data.train + config.data.val)
 
 
 def test_tonemapped_component_loss_trains_bright_diffuse_light():

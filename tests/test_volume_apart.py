@@ -88,7 +88,10 @@ def test_volume_metadata_is_read_and_checked(tmp_path):
             read_model_info(save(name, **overrides))
 
 
-def test_a_volume_graph_starts_from_plain_weights_with_the_specular_kernels_on_both_buffers(tmp_path):
+def test_a_volume_graph_starts_from_plain_weights_as_the_plain_model(tmp_path):
+    """Loaded from weights without the split, the specular network sees the sum of the two buffers, as
+    before, and filters each with the kernels it predicted for that sum: a buffer held wholly by one part
+    comes out as the plain model's."""
     plain_config = tiny_config("fast")
     apart_config = tiny_config("fast", APART)
     plain = untrained_run(plain_config, tmp_path / "plain")
@@ -101,14 +104,15 @@ def test_a_volume_graph_starts_from_plain_weights_with_the_specular_kernels_on_b
     assert apart.input_names[-1] == "volume" and apart.output_names[-1] == VOLUME_OUTPUT
     assert apart.feature_channels == graphs[0].feature_channels + 9  # the volume and its differences
     inputs = example_inputs(apart, 32, 48, seed=5)
-    inputs["volume"] = inputs["specular"].clone()  # one buffer twice: the same kernels filter both
+    buffer, nothing = inputs["specular"], torch.zeros_like(inputs["specular"])
     with torch.no_grad():
         light, specular = graphs[0](**{k: v for k, v in inputs.items() if k != "volume"})
-        # the volume feature has zero weights at first: the specular output is the plain model's
-        apart_light, apart_specular, volume = apart(**inputs)
-    torch.testing.assert_close(apart_light, light, atol=1e-6, rtol=0)
-    torch.testing.assert_close(apart_specular, specular, atol=1e-6, rtol=0)
-    torch.testing.assert_close(volume, specular, atol=1e-6, rtol=0)
+        for glossy, volume in ((buffer, nothing), (nothing, buffer)):
+            split = {**inputs, "specular": glossy, "volume": volume}
+            apart_light, apart_specular, apart_volume = apart(**split)
+            torch.testing.assert_close(apart_light, light, atol=1e-6, rtol=0)
+            torch.testing.assert_close(apart_specular + apart_volume, specular, atol=1e-6, rtol=0)
+            assert not (apart_volume if volume is nothing else apart_specular).any()
 
 
 def test_the_loss_trains_the_volume_buffer_in_both_stages():

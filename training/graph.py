@@ -29,9 +29,10 @@ Pre-processing (after Bako et al. 2017, KPCN):
 * Volume light apart (optional, ``separate_volume``; shards packed with ``--separate-volume``): the
   decomposition's ``volume`` buffer (volume light, and the residual with ``denoise_residual``) is a third
   colour input. The specular network filters it with kernels of its own (kpunet ``signals: 2``, in log1p
-  space like the specular buffer) into ``volume_denoised``, and both networks see it (log1p) as a feature:
-  in fog it is most of the image, and a glossy or demodulated specular buffer beside it then holds only
-  surface light.
+  space like the specular buffer, and of the light's size: ``extra_signal_kernel`` is for colour passes)
+  into ``volume_denoised``. That network still sees the sum of the two buffers as its colour, as a
+  network without the split does, and both networks see the volume buffer (log1p) as a feature: where
+  the split is, they learn; weights without it start as they were (``_load_from_state_dict``).
 """
 
 from __future__ import annotations
@@ -112,11 +113,13 @@ class DenoiserGraph(nn.Module):
         self.use_variance, self.use_gradients, self.depth_max = use_variance, use_gradients, float(depth_max)
         self.differences_folded = False  # until _fold_differences
         architecture = {key: value for key, value in model.items() if key != "channels"}
-        # the diffuse network also filters Diffuse Color, the specular one the volume buffer
-        two_signals = {"diffuse": self.denoise_diffuse_color, "specular": self.separate_volume}
-        self.nets = nn.ModuleDict({c: build_arch({**architecture, "signals": 2} if two_signals[c]
-                                                 else architecture, self.feature_channels)
-                                   for c in COMPONENTS})
+        # the diffuse network also filters Diffuse Color, the specular one the volume buffer: light, with
+        # kernels of the light's size (a 3x3 kernel at full resolution costs light 0.3-0.7 dB,
+        # docs/experiments.md, questions 20 and 23)
+        designs = {"diffuse": {**architecture, "signals": 2} if self.denoise_diffuse_color else architecture,
+                   "specular": {**architecture, "signals": 2, "extra_signal_kernel": None}
+                   if self.separate_volume else architecture}
+        self.nets = nn.ModuleDict({c: build_arch(designs[c], self.feature_channels) for c in COMPONENTS})
         if model.get("channels"):  # a pruned graph (training/prune.py)
             outputs = {id(layer) for net in self.nets.values() if hasattr(net, "output_layers")
                        for layer in net.output_layers()}
@@ -204,7 +207,7 @@ class DenoiserGraph(nn.Module):
         weights for the added feature channels, so the fine-tune starts from the trained network (kpunet
         starts a Diffuse Color signal's kernels as the identity). A specular network that did not filter
         the volume buffer starts filtering it with the kernels it predicted for the specular buffer,
-        which held the volume light then."""
+        which held the volume light then: the same kernels on both parts of the buffer it sees."""
         shared = self._shared_channels
         for component, net in self.nets.items():
             name, _conv = first_convolution(net)
@@ -227,7 +230,7 @@ class DenoiserGraph(nn.Module):
 
     def _copy_specular_kernels(self, state_dict, prefix: str) -> None:
         """A one-signal specular head's logits, given twice: kpunet then reads the second copy as the
-        volume signal's kernels (cut to its size at levels where it is smaller)."""
+        volume signal's kernels."""
         net = self.nets["specular"]
         for level, head in enumerate(net.heads):
             for name in ("weight", "bias"):
@@ -296,7 +299,8 @@ class DenoiserGraph(nn.Module):
         for component in COMPONENTS:
             linear = inputs[component]
             variance = inputs.get(f"{component}_variance") if self.use_variance else None
-            features = self._network_input(linear, shared, variance)
+            seen = linear + inputs["volume"] if component == "specular" and self.separate_volume else linear
+            features = self._network_input(seen, shared, variance)
             signal = self.to_space(component, linear)
             if component == "diffuse" and self.denoise_diffuse_color:
                 colour = inputs["diffuse_color"].clamp(min=0)
