@@ -10,7 +10,6 @@ Denoised Specular stays radiance.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,14 +156,10 @@ def test_cli_identity_with_demodulation_gives_back_combined(cycles_exr, tmp_path
 @pytest.fixture(scope="module")
 def demodulated_views(datagen_tiny_run, tmp_path_factory):
     """One tiny rendered view packed whole twice: plainly (train-full) and demodulated (train-full-d)."""
-    from training.datagen import pack, plan
+    from tests.training_helpers import pack_one_view
 
     work = tmp_path_factory.mktemp("demodulated")
-    record = plan.read_manifest(datagen_tiny_run)[0]
-    shutil.copytree(datagen_tiny_run / record["dir"], work / record["dir"])
-    (work / "manifest.jsonl").write_text(json.dumps(record) + "\n")
-    for demodulate in (False, True):
-        pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0, demodulate_specular=demodulate)
+    record = pack_one_view(datagen_tiny_run, work, [{}, {"demodulate_specular": True}])
     return work, record
 
 

@@ -31,3 +31,19 @@ def untrained_run(config: Config, run_dir: Path, seed: int = 0) -> RunFolder:
     run.save("latest", graph, {"step": 0, "stage": 0, "optimizer": {}, "scheduler": {}, "skipped": 0,
                                "best_psnr": float("-inf"), "world_size": 1})
     return run
+
+
+def pack_one_view(rendered: Path, work: Path, variants: list[dict]) -> dict:
+    """The first view of a datagen output folder ``rendered``, copied into ``work`` and packed whole once
+    per keyword set of ``pack_split`` in ``variants`` (fireflies allowed); returns its manifest record."""
+    import json
+    import shutil
+
+    from training.datagen import pack, plan
+
+    record = plan.read_manifest(rendered)[0]
+    shutil.copytree(rendered / record["dir"], work / record["dir"])
+    (work / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    for flags in variants:
+        pack.pack_split(work, "train", full=True, max_firefly_fraction=1.0, **flags)
+    return record
