@@ -85,7 +85,8 @@ PASS_TABLE: dict[str, tuple[str, str, int, str]] = {
 }
 
 # Passes the decomposition needs. The volume passes are optional: present, they are denoised as part of
-# the specular buffer; absent, volume light stays in the residual (passed through, not denoised).
+# the specular buffer (or as a buffer of their own, decompose's separate_volume); absent, volume light stays
+# in the residual (passed through, not denoised).
 # Emission, environment and anything else stay in the residual, unless a model denoises it too
 # (decompose's ``denoise_residual``).
 DECOMPOSITION_PASSES = (
