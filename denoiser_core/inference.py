@@ -302,7 +302,7 @@ _NOT_KEPT = np.empty((0, 0, 0), np.float32)
 
 def _recombination_parts(parts: Decomposition) -> Decomposition:
     """``parts`` with only what recombine() reads: the noisy light and the guides, which the networks
-    have in their own copies, are dropped (~13 channels of a window)."""
+    have in their own copies, are dropped (~13 channels of a window, 16 with a volume buffer)."""
     return replace(parts, diffuse=_NOT_KEPT, specular=_NOT_KEPT, albedo=_NOT_KEPT, normal=_NOT_KEPT,
                    depth=_NOT_KEPT, volume=None if parts.volume is None else _NOT_KEPT)
 

@@ -53,7 +53,8 @@ class ModelInfo:
     parameters: int | None
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    denoise_residual: bool = False  # specular buffer = all but diffuse light (passes.decompose)
+    denoise_residual: bool = False  # the residual is denoised too, with the specular buffer or, for a
+    #                                 model with volume light apart, with the volume (passes.decompose)
     demodulate_specular: bool = False  # specular buffer = light, specular colour divided out (decompose)
     precision: str = "float32"  # one of PRECISIONS
     metadata: dict[str, str] = field(default_factory=dict, compare=False)  # raw metadata_props

@@ -153,12 +153,13 @@ class Decomposition:
     diffuse: np.ndarray         # diffuse light, DiffDir + DiffInd (albedo already divided out by Cycles),
     #                             with the colour covariance folded in when Emit and Env are present
     diffuse_color: np.ndarray   # DiffCol, multiplied back in after denoising
-    specular: np.ndarray        # glossy + transmission + volume radiance, divided by specular_color
+    specular: np.ndarray        # glossy + transmission (+ volume, without separate_volume) radiance,
+    #                             divided by specular_color
     albedo: np.ndarray          # Denoising Albedo (feature)
     normal: np.ndarray          # Denoising Normal (feature)
     depth: np.ndarray           # Denoising Depth (feature), (H, W, 1)
-    residual: np.ndarray        # Combined.rgb - (diffuse_color * diffuse + specular_color * specular):
-    #                             emission, env, rest
+    residual: np.ndarray        # Combined.rgb - (diffuse_color * diffuse + specular_color * specular
+    #                             [+ volume]): emission, env, rest (zero with denoise_residual)
     alpha: np.ndarray           # Combined.A, (H, W, 1)
     specular_color: np.ndarray  # GlossCol + TransCol with demodulate_specular (1 where tiny), else ones;
     #                             multiplied back in after denoising

@@ -215,14 +215,16 @@ def filter_result(result: DenoiseResult, guides: FrameGuides, history: History |
     """A per-frame ``result`` (Denoiser.denoise) blended with ``history`` and recombined as the per-frame
     result is (``passes.recombine``); with no history it is returned unchanged.
 
-    A model's denoised volume buffer (``volume_denoised``, radiance) is filtered as part of the specular
-    one, in its space (divided by the specular colour that ``recombine`` multiplies back), so the history
-    keeps one layout for every model; the filtered sum is then the specular output, the volume zero."""
+    For a model with volume light apart the specular part is the specular radiance plus the denoised
+    volume buffer (``volume_denoised``), so the history keeps one layout for every model and volume light
+    never passes through Glossy Color (noisy behind fog); the filtered sum is then recombined as radiance
+    (specular colour 1), the volume as zero."""
     parts = result.parts
     specular = result.outputs["specular_denoised"]
     volume = result.outputs.get(VOLUME_OUTPUT)
     if volume is not None:
-        specular = specular + volume / parts.specular_color
+        specular = parts.specular_color * specular + volume
+        parts = replace(parts, specular_color=np.ones_like(parts.specular_color))
     step = temporal_filter({"diffuse": result.outputs["diffuse_denoised"], "specular": specular,
                             "diffuse_color": parts.diffuse_color}, guides, history, settings)
     if step.history_fraction == 0.0:

@@ -192,8 +192,11 @@ def test_tiny_volume_model_trains_exports_and_runs_in_the_core_as_in_torch(volum
     view = work / record["dir"]
     a, b = read_passes(str(view / "spp8_a.exr")), read_passes(str(view / "spp8_b.exr"))
     passes = {k: (a[k] + b[k]) / 2 for k in a}
-    result = load_model(str(path), device="cpu").denoise(passes)
+    denoiser = load_model(str(path), device="cpu")
+    result = denoiser.denoise(passes)
     parts = decompose(passes, True, separate_volume=True)
+    # by windows (each decomposed and recombined on its own), the same image
+    np.testing.assert_allclose(denoiser.denoise(passes, tile=16).beauty, result.beauty, atol=1e-4, rtol=1e-4)
     graph = build_graph(config).eval()
     load_weights(path.with_suffix(".safetensors"), graph)
     inputs = {name: torch.from_numpy(np.ascontiguousarray(getattr(parts, name).transpose(2, 0, 1)))[None]
@@ -209,15 +212,17 @@ def test_tiny_volume_model_trains_exports_and_runs_in_the_core_as_in_torch(volum
 
 
 @pytest.mark.slow
-def test_temporal_mode_filters_the_volume_buffer_with_the_specular_one(cycles_exr):
-    """The volume buffer joins the specular part the history keeps: a model with volume light apart gets
-    the temporal result a model with it in the specular buffer gets from the same radiance, and a volume
-    that changed between two frames is blended with its history."""
+@pytest.mark.parametrize("demodulate", [False, True])
+def test_temporal_mode_filters_the_volume_buffer_with_the_specular_one(cycles_exr, demodulate):
+    """The volume buffer joins the specular part the history keeps, as radiance (never divided by Glossy
+    Color): a model with volume light apart gets the temporal result a model with it in the specular
+    buffer gets from the same radiance, and a volume that changed between two frames is blended with its
+    history."""
     from denoiser_core.inference import DenoiseResult
     from denoiser_core.temporal import FrameGuides, filter_result
 
     passes = read_exr(cycles_exr).canonical_passes("ViewLayer")
-    plain, apart = decompose(passes, True), decompose(passes, True, separate_volume=True)
+    plain, apart = decompose(passes, True), decompose(passes, True, demodulate, separate_volume=True)
     guides = FrameGuides(apart.depth, apart.normal, np.zeros(apart.depth.shape[:2] + (2,), np.float32))
     results = {}
     for name, parts, frames in (

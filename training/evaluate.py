@@ -16,10 +16,11 @@ view) and ``crops.png`` (noisy | OIDN | each model | reference, one row per view
 ``diffuse_color * diffuse + specular + residual`` (denoiser_core.passes.recombine); the network denoises
 diffuse light and specular radiance, the residual (emission, environment and what the light passes do not
 cover) and the diffuse colour are carried through from the noisy input. For each view it prints the
-model's PSNR and the PSNR it would reach if one of those four terms were the reference's: a large rise
+model's PSNR and the PSNR it would reach if one of those terms were the reference's: a large rise
 means that term holds most of the error. A residual gain is error no network output can remove: the noisy
 residual passes straight through. For a model trained with ``denoise_residual`` the residual is part of
-its specular term (the 'ref residual' column then equals 'model'). One table per model and sample count
+its specular term, or of its volume term for a model with volume light apart (a 'ref volume' column;
+the 'ref residual' column then equals 'model'). One table per model and sample count
 (default 16 spp); nothing is written.
 """
 
@@ -227,7 +228,8 @@ def view_budget(denoiser, view: Path, spp: int) -> dict[str, float]:
         raise SystemExit(f"error: {view} has no {spp} spp input (has {sorted(inputs)})")
     noisy = mean_passes(inputs[spp])
     result = denoiser.denoise(noisy)
-    # split as the model was trained: with denoise_residual the residual is inside its specular term
+    # split as the model was trained: with denoise_residual the residual is inside its specular (or
+    # volume) term
     flags = {"denoise_residual": denoiser.info.denoise_residual,
              "demodulate_specular": denoiser.info.demodulate_specular,
              "separate_volume": denoiser.info.separates_volume}

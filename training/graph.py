@@ -32,7 +32,8 @@ Pre-processing (after Bako et al. 2017, KPCN):
   space like the specular buffer, and of the light's size: ``extra_signal_kernel`` is for colour passes)
   into ``volume_denoised``. That network still sees the sum of the two buffers as its colour, as a
   network without the split does, and both networks see the volume buffer (log1p) as a feature: where
-  the split is, they learn; weights without it start as they were (``_load_from_state_dict``).
+  the split is, they learn; weights without it start nearly as they were (``_load_from_state_dict``; the
+  kernels act in log1p space, so where both buffers are non-zero the two results differ a little).
 """
 
 from __future__ import annotations
@@ -202,12 +203,14 @@ class DenoiserGraph(nn.Module):
         return blocks + ([INPUT_CHANNELS["diffuse_variance"]] if self.use_variance else [])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Weights of a graph with fewer feature inputs (without Diffuse Color, or without the volume
-        buffer) load into this one (``train.py --init``): each network's first convolution gets zero
-        weights for the added feature channels, so the fine-tune starts from the trained network (kpunet
-        starts a Diffuse Color signal's kernels as the identity). A specular network that did not filter
-        the volume buffer starts filtering it with the kernels it predicted for the specular buffer,
-        which held the volume light then: the same kernels on both parts of the buffer it sees."""
+        """Weights of a graph whose feature inputs are a prefix of this one's (``_feature_inputs``: without
+        Diffuse Color and the volume buffer, or without the volume buffer) load into this one
+        (``train.py --init``; the channel count alone cannot tell other layouts apart): each network's
+        first convolution gets zero weights for the added feature channels, so the fine-tune starts from
+        the trained network (kpunet starts a Diffuse Color signal's kernels as the identity). A specular
+        network that did not filter the volume buffer starts filtering it with the kernels it predicted
+        for the specular buffer, which held the volume light then: the same kernels on both parts of the
+        buffer it sees."""
         shared = self._shared_channels
         for component, net in self.nets.items():
             name, _conv = first_convolution(net)

@@ -77,11 +77,15 @@ def view_tensors(view_dir: Path, spp: int, ref, scale: float, denoise_residual: 
     mean = {name: (a[name] + b[name]) * 0.5 for name in a if name in b}
     da, db, dm = (decompose(p, denoise_residual, demodulate_specular, separate_volume=separate_volume)
                   for p in (a, b, mean))
+
+    def seen(parts) -> np.ndarray:  # what the specular network sees: with the volume apart, the sum
+        return parts.specular if parts.volume is None else parts.specular + parts.volume
+
     parts = {
         "diffuse": dm.diffuse, "specular": dm.specular, "albedo": dm.albedo, "normal": dm.normal,
         "depth": dm.depth, "diffuse_color": dm.diffuse_color, "specular_color": dm.specular_color,
         "diffuse_std": np.sqrt(np.mean(((da.diffuse - db.diffuse) * 0.5) ** 2, -1, keepdims=True)),
-        "specular_std": np.sqrt(np.mean(((da.specular - db.specular) * 0.5) ** 2, -1, keepdims=True)),
+        "specular_std": np.sqrt(np.mean(((seen(da) - seen(db)) * 0.5) ** 2, -1, keepdims=True)),
         # divided by the noisy render's colour (ones without demodulation): the target is light exactly
         # where, and as, the input is
         "diffuse_reference": ref.diffuse, "specular_reference": ref.specular / dm.specular_color,
