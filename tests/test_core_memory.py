@@ -104,14 +104,14 @@ def test_a_4k_frame_of_cycles_passes_denoises_within_the_memory_budget(tmp_path)
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB, glibc's mallopt")
 def test_max_memory_keeps_a_1080p_frame_within_it(tmp_path):
-    """A 1080p frame runs in one window by default (3-4 GiB with `fast`); `--max-memory 2` splits it.
-    Windows are sized by an estimate (tiling.WINDOW_BYTES_PER_PIXEL); measured 1.6-1.9 GiB, and a
-    process's peak varies by ~10 % with onnxruntime's first run, which the bound leaves room for."""
+    """A 1080p frame runs in one window by default (2.0-2.5 GiB with `fast`); `--max-memory 1.5` splits
+    it. Windows are sized by an estimate (tiling.WINDOW_BYTES_PER_PIXEL), and a process's peak varies by
+    ~10 % with onnxruntime's first run, which the bound leaves room for."""
     frame = mirror_tiled_render(1920, 1080, tmp_path / "frame.exr")
-    peak = _peak_of_denoising(str(frame), tmp_path / "out.exr", tmp_path, "--max-memory", "2")
-    assert peak <= 1.1 * 2 * 2**30, f"peak {peak / 2**30:.2f} GiB"
+    peak = _peak_of_denoising(str(frame), tmp_path / "out.exr", tmp_path, "--max-memory", "1.5")
+    assert peak <= 1.1 * 1.5 * 2**30, f"peak {peak / 2**30:.2f} GiB"
     default = _peak_of_denoising(str(frame), tmp_path / "whole.exr", tmp_path)
-    assert peak < 0.75 * default, f"{peak / 2**30:.2f} GiB, without --max-memory {default / 2**30:.2f}"
+    assert peak < 0.8 * default, f"{peak / 2**30:.2f} GiB, without --max-memory {default / 2**30:.2f}"
 
 
 def _peak_of_denoising(source: str, output: Path, tmp_path: Path, *options: str) -> int:
