@@ -222,8 +222,8 @@ def filter_result(result: DenoiseResult, guides: FrameGuides, history: History |
     parts = result.parts
     specular = result.outputs["specular_denoised"]
     volume = result.outputs.get(VOLUME_OUTPUT)
-    if volume is not None:
-        specular = parts.specular_color * specular + volume
+    if volume is not None:  # the per-frame result's specular radiance, volume included
+        specular = result.specular
         parts = replace(parts, specular_color=np.ones_like(parts.specular_color))
     step = temporal_filter({"diffuse": result.outputs["diffuse_denoised"], "specular": specular,
                             "diffuse_color": parts.diffuse_color}, guides, history, settings)

@@ -16,7 +16,7 @@ from onnx_models import save_model
 from denoiser_core import DenoiserError, load_model, read_exr
 from denoiser_core.models import COLOUR_OUTPUT, read_model_info
 from denoiser_core.passes import decompose, recombine, sanitize
-from tests.training_helpers import tiny_config, untrained_run
+from tests.training_helpers import graphs_from_plain_weights, tiny_config, untrained_run
 from training.checkpoint import load_weights
 from training.export import export_run
 from training.graph import build_graph, example_inputs
@@ -26,13 +26,7 @@ COLOUR = ["graph.denoise_diffuse_color=true"]
 
 
 def test_a_colour_graph_starts_from_plain_weights_as_the_plain_model(tmp_path):
-    plain_config, colour_config = tiny_config("fast"), tiny_config("fast", COLOUR)
-    plain = untrained_run(plain_config, tmp_path / "plain")
-    graphs = []
-    for config in (plain_config, colour_config):
-        graph = build_graph(config).eval()
-        load_weights(plain.weights_path("latest"), graph)  # the colour graph widens what it loads
-        graphs.append(graph)
+    graphs = graphs_from_plain_weights(COLOUR, tmp_path)
     assert graphs[1].input_names[-1] == "diffuse_color" and graphs[1].output_names[-1] == COLOUR_OUTPUT
     assert graphs[1].feature_channels == graphs[0].feature_channels + 9  # colour and its differences
     inputs = example_inputs(graphs[1], 32, 48, seed=4)

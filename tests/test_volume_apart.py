@@ -19,7 +19,7 @@ from onnx_models import save_model
 from denoiser_core import DenoiserError, load_model, read_exr
 from denoiser_core.models import VOLUME_OUTPUT, read_model_info
 from denoiser_core.passes import decompose, recombine, sanitize
-from tests.training_helpers import tiny_config, untrained_run
+from tests.training_helpers import graphs_from_plain_weights, tiny_config
 from training.checkpoint import load_weights
 from training.graph import build_graph, example_inputs
 from training.losses import DenoiseLoss, stage_loss
@@ -91,14 +91,7 @@ def test_a_volume_graph_starts_from_plain_weights_as_the_plain_model(tmp_path):
     """Loaded from weights without the split, the specular network sees the sum of the two buffers, as
     before, and filters each with the kernels it predicted for that sum: a buffer held wholly by one part
     comes out as the plain model's."""
-    plain_config = tiny_config("fast")
-    apart_config = tiny_config("fast", APART)
-    plain = untrained_run(plain_config, tmp_path / "plain")
-    graphs = []
-    for config in (plain_config, apart_config):
-        graph = build_graph(config).eval()
-        load_weights(plain.weights_path("latest"), graph)  # the volume graph widens what it loads
-        graphs.append(graph)
+    graphs = graphs_from_plain_weights(APART, tmp_path)
     apart = graphs[1]
     assert apart.input_names[-1] == "volume" and apart.output_names[-1] == VOLUME_OUTPUT
     assert apart.feature_channels == graphs[0].feature_channels + 9  # the volume and its differences

@@ -33,6 +33,21 @@ def untrained_run(config: Config, run_dir: Path, seed: int = 0) -> RunFolder:
     return run
 
 
+def graphs_from_plain_weights(overrides: list[str], folder: Path):
+    """The tiny ``fast`` graph and the one ``overrides`` make of it, both in eval mode and loaded with the
+    first one's (untrained) weights: the second widens what it loads."""
+    from training.checkpoint import load_weights
+
+    plain_config = tiny_config("fast")
+    plain = untrained_run(plain_config, folder / "plain")
+    graphs = []
+    for config in (plain_config, tiny_config("fast", overrides)):
+        graph = build_graph(config).eval()
+        load_weights(plain.weights_path("latest"), graph)
+        graphs.append(graph)
+    return tuple(graphs)
+
+
 def pack_one_view(rendered: Path, work: Path, variants: list[dict]) -> dict:
     """The first view of a datagen output folder ``rendered``, copied into ``work`` and packed whole once
     per keyword set of ``pack_split`` in ``variants`` (fireflies allowed); returns its manifest record."""

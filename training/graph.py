@@ -216,9 +216,10 @@ class DenoiserGraph(nn.Module):
             name, _conv = first_convolution(net)
             key = f"{prefix}nets.{component}.{name}.weight"
             stored = state_dict.get(key)
+            if stored is None or stored.dim() != 4:
+                continue
             fewer = [s for s in range(sum(INPUT_CHANNELS[n] for n in FEATURE_INPUTS), shared)
-                     if stored is not None and stored.dim() == 4
-                     and stored.shape[1] == sum(self._input_blocks(s))]
+                     if stored.shape[1] == sum(self._input_blocks(s))]
             if fewer:
                 old_blocks, new_blocks = self._input_blocks(fewer[0]), self._input_blocks(shared)
                 widened = stored.new_zeros((stored.shape[0], sum(new_blocks), *stored.shape[2:]))

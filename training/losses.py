@@ -172,11 +172,12 @@ def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str
                                outputs.get("volume"))
         return loss(pred, reference_beauty({**batch, "diffuse_color_reference": target_colour}))
     total = 0
-    for component in ("diffuse", "specular", "volume")[:3 if "volume" in outputs else 2]:
+    for component in ("diffuse", "specular") + (("volume",) if "volume" in outputs else ()):
         reference = batch[f"{component}_reference"]
         shown = (outputs[component], reference)  # what tonemapping sees of this component
+        colour_name = COMPONENT_COLOURS[component]
         colours = ((predicted_colour, target_colour) if component == "diffuse"
-                   else (batch.get(COMPONENT_COLOURS[component] or ""),) * 2)
+                   else (batch.get(colour_name) if colour_name else None,) * 2)
         if colours[0] is not None and loss.config.tonemapped_diffuse == "contribution":
             shown = (colours[0] * outputs[component], colours[1] * reference)
         if loss.config.component_space == "filtering":
