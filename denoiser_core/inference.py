@@ -204,7 +204,7 @@ class Denoiser:
         """The model's inputs, (H, W, C) each, from a decomposition of ``used`` (the passes it read)."""
         inputs = {"diffuse": parts.diffuse, "specular": parts.specular, "albedo": parts.albedo,
                   "normal": parts.normal, "depth": parts.depth, "diffuse_color": parts.diffuse_color,
-                  "volume": parts.volume}
+                  "volume": parts.volume, "specular_color": parts.specular_color}
         for name in VARIANCE_INPUTS:
             if name in used:
                 inputs[name] = sanitize_guide(name, used[name][..., :1])

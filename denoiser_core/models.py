@@ -21,13 +21,16 @@ log = logging.getLogger("kprcan")
 # Version 4 adds models that take Diffuse Color as an input and output it denoised
 # (``diffuse_color_denoised``, multiplied back instead of the render's: noisy behind volumes).
 # Version 5 adds models that take volume light apart from the specular buffer (the ``volume`` input,
-# ``volume_denoised`` output; passes.decompose's ``separate_volume``). Versions 1 to 4 still load.
-FORMAT_VERSION = 5
+# ``volume_denoised`` output; passes.decompose's ``separate_volume``). Version 6 adds models that take the
+# specular colour (``specular_color``: GlossCol + TransCol as decompose divides it out) as an input beside
+# the demodulated specular light. Versions 1 to 5 still load.
+FORMAT_VERSION = 6
 PREFIX = "kprcan."
 REQUIRED_KEYS = ("format_version", "name", "architecture", "inputs", "outputs", "required_passes",
                  "needs_variance", "receptive_radius", "size_multiple")
 KNOWN_INPUTS = {"diffuse": 3, "specular": 3, "albedo": 3, "normal": 3, "depth": 1,
-                "diffuse_variance": 1, "specular_variance": 1, "diffuse_color": 3, "volume": 3}
+                "diffuse_variance": 1, "specular_variance": 1, "diffuse_color": 3, "volume": 3,
+                "specular_color": 3}
 KNOWN_OUTPUTS = {"diffuse_denoised": 3, "specular_denoised": 3, "diffuse_color_denoised": 3,
                  "volume_denoised": 3}
 REQUIRED_OUTPUTS = ("diffuse_denoised", "specular_denoised")
@@ -134,6 +137,8 @@ def parse_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         raise bad(f"demodulate_specular must be true or false, got {demodulate_specular!r}")
     if demodulate_specular == "true" and version < 3:
         raise bad("demodulate_specular needs format_version 3")
+    if "specular_color" in inputs and (demodulate_specular != "true" or version < 6):
+        raise bad("the specular_color input needs demodulate_specular true and format_version 6")
     precision = metadata.get(PREFIX + "precision", "float32").strip().lower()
     if precision not in PRECISIONS:
         raise bad(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

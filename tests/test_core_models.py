@@ -63,7 +63,7 @@ def test_unusable_model_files_are_skipped_in_listings(user_models, caplog):
 @pytest.mark.parametrize("overrides, message", [
     ({"format_version": None}, "lacks kprcan.format_version"),
     ({"required_passes": None, "size_multiple": None}, "lacks kprcan.required_passes, kprcan.size_multiple"),
-    ({"format_version": "6"}, "format version 6.*update kprcan"),
+    ({"format_version": "7"}, "format version 7.*update kprcan"),
     ({"format_version": "0"}, "format version 0"),
     ({"receptive_radius": "forty"}, "receptive_radius must be an integer"),
     ({"required_passes": '["combined", "shiny"]'}, "unknown names.*shiny"),

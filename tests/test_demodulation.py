@@ -111,7 +111,7 @@ def test_demodulate_specular_metadata_is_read_and_checked(tmp_path):
              "demodulate_specular needs format_version 3"),
             ("yes", {"demodulate_specular": "yes", "format_version": "3"},
              "demodulate_specular must be true or false"),
-            ("newer", {"format_version": "6"}, "format version 6.*update kprcan")]:
+            ("newer", {"format_version": "7"}, "format version 7.*update kprcan")]:
         with pytest.raises(DenoiserError, match=message):
             read_model_info(save_model(tmp_path, "identity", name=name, **overrides))
 

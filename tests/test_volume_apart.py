@@ -82,7 +82,7 @@ def test_volume_metadata_is_read_and_checked(tmp_path):
              "volume_denoised needs format_version 5"),
             ("no-input", {"outputs": outputs, "format_version": "5"},
              "takes the volume input exactly when it outputs volume_denoised"),
-            ("newer", {"format_version": "6"}, "format version 6.*update kprcan")]:
+            ("newer", {"format_version": "7"}, "format version 7.*update kprcan")]:
         with pytest.raises(DenoiserError, match=message):
             read_model_info(save(name, **overrides))
 

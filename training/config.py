@@ -36,6 +36,9 @@ class GraphConfig:
     # take Diffuse Color as an input and output it denoised (training/graph.py); needs kpunet and shards
     # with the reference colour (pack index version 3)
     denoise_diffuse_color: bool = False
+    # filter the specular radiance and, as a path of its own, the demodulated specular light, chosen per
+    # pixel (training/graph.py); needs kpunet and data.demodulate_specular
+    specular_light_path: bool = False
 
 
 @dataclass
@@ -230,6 +233,9 @@ def validate(config: Config) -> None:
          "data.demodulate_specular needs data.kind shards (packed with --demodulate-specular)"),
         (config.data.kind == "shards" or not config.data.separate_volume,
          "data.separate_volume needs data.kind shards (packed with --separate-volume)"),
+        (config.data.demodulate_specular or not config.graph.specular_light_path,
+         "graph.specular_light_path needs data.demodulate_specular (shards packed with "
+         "--demodulate-specular)"),
         (config.loss.type in ("l1", "relmse", "smape", "ssim", "combined"), "unknown loss.type"),
         (config.loss.range in ("hdr", "tonemapped"), "loss.range must be hdr or tonemapped"),
         (config.loss.tonemap in ("srgb", "reinhard", "log"), "loss.tonemap must be srgb, reinhard or log"),

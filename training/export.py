@@ -33,8 +33,8 @@ from training.graph import DenoiserGraph, build_graph, example_inputs
 NCHWC_BLOCK = 16
 
 # contract version written: 1, 2 for models that denoise the residual, 3 for models that demodulate the
-# specular buffer, 4 for models that denoise Diffuse Color, 5 for models with volume light apart
-# (denoiser_core/models.py)
+# specular buffer, 4 for models that denoise Diffuse Color, 5 for models with volume light apart, 6 for
+# models that take the specular colour (a specular light path; denoiser_core/models.py)
 
 
 def training_data_summary(config: Config) -> str:
@@ -49,7 +49,8 @@ def training_data_summary(config: Config) -> str:
 def contract_metadata(graph: DenoiserGraph, config: Config, name: str) -> dict[str, str]:
     """The ``kprcan.*`` metadata_props of docs/contract.md."""
     meta = {
-        "format_version": "5" if graph.separate_volume else "4" if graph.denoise_diffuse_color
+        "format_version": "6" if graph.specular_light_path else "5" if graph.separate_volume
+        else "4" if graph.denoise_diffuse_color
         else "3" if config.data.demodulate_specular else "2" if config.data.denoise_residual else "1",
         "name": name, "architecture": config.model["type"],
         "inputs": json.dumps(graph.input_names), "outputs": json.dumps(graph.output_names),

@@ -34,6 +34,17 @@ Pre-processing (after Bako et al. 2017, KPCN):
   network without the split does, and both networks see the volume buffer (log1p) as a feature: where
   the split is, they learn; weights without it start nearly as they were (``_load_from_state_dict``; the
   kernels act in log1p space, so where both buffers are non-zero the two results differ a little).
+* Specular light path (optional, ``specular_light_path``; shards packed with ``--demodulate-specular``):
+  the specular input is glossy and transmission *light* with its colour (GlossCol + TransCol,
+  ``specular_color``) divided out, and the colour is an input too (a feature, clamped to [0, 1]). The
+  specular network filters the radiance (light times colour, what the networks without the path filter)
+  and, as one more signal with kernels of its own, the light, and predicts a per-pixel weight w between
+  the two: specular light out = (1 - w) * filtered radiance / colour + w * filtered light, which the core
+  multiplies by the colour as for any demodulating model. Filtering light keeps a texture that the colour
+  carries (the mortar of a glossy brick wall) where filtering radiance blurs it; filtering radiance is
+  right where the colour is noisy (behind volumes) or where the light path has not learned yet. Weights
+  without the path load with w = 0.12 (``_path_heads``, ``PATH_WEIGHT_START``) and the light kernels a
+  copy of the radiance's, so the fine-tune starts near their image.
 """
 
 from __future__ import annotations
@@ -53,6 +64,10 @@ from training.archs.blocks import DifferencesConv2d, first_convolution
 COMPONENTS = ("diffuse", "specular")
 FEATURE_INPUTS = ("albedo", "normal", "depth")
 OUTPUTS = ("diffuse_denoised", "specular_denoised")
+# Logit of the light path's weight for weights loaded without the path: sigmoid(-2) = 0.12 starts the
+# fine-tune near their image (-0.09 dB validation PSNR for `fast`) with a live gradient; from
+# sigmoid(-10) the logit moved by 0.002 in 2,000 steps and the path stayed unused (docs/experiments.md)
+PATH_WEIGHT_START = -2.0
 
 
 def finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,13 +116,16 @@ class DenoiserGraph(nn.Module):
 
     def __init__(self, model: dict, log_diffuse: bool = False, use_variance: bool = False,
                  use_gradients: bool = True, depth_max: float = 1e4, albedo_max: float | None = None,
-                 denoise_diffuse_color: bool = False, separate_volume: bool = False):
+                 denoise_diffuse_color: bool = False, separate_volume: bool = False,
+                 specular_light_path: bool = False):
         super().__init__()
         self.denoise_diffuse_color = bool(denoise_diffuse_color)
         self.separate_volume = bool(separate_volume)
-        if (self.denoise_diffuse_color or self.separate_volume) and model.get("type") != "kpunet":
-            raise ValueError("graph.denoise_diffuse_color and data.separate_volume need a kpunet model (its "
-                             "networks filter several signals)")
+        self.specular_light_path = bool(specular_light_path)
+        if ((self.denoise_diffuse_color or self.separate_volume or self.specular_light_path)
+                and model.get("type") != "kpunet"):
+            raise ValueError("graph.denoise_diffuse_color, graph.specular_light_path and "
+                             "data.separate_volume need a kpunet model (its networks filter several signals)")
         self.albedo_max = None if albedo_max is None else float(albedo_max)
         self.model_spec = dict(model)
         self.log_space = {"diffuse": log_diffuse, "specular": True, "volume": True}
@@ -117,9 +135,11 @@ class DenoiserGraph(nn.Module):
         # the diffuse network also filters Diffuse Color, the specular one the volume buffer: light, with
         # kernels of the light's size (a 3x3 kernel at full resolution costs light 0.3-0.7 dB,
         # docs/experiments.md, questions 20 and 23)
+        specular_signals = 1 + self.separate_volume + self.specular_light_path
         designs = {"diffuse": {**architecture, "signals": 2} if self.denoise_diffuse_color else architecture,
-                   "specular": {**architecture, "signals": 2, "extra_signal_kernel": None}
-                   if self.separate_volume else architecture}
+                   "specular": {**architecture, "signals": specular_signals, "extra_signal_kernel": None,
+                                "path_weights": int(self.specular_light_path)}
+                   if specular_signals > 1 else architecture}
         self.nets = nn.ModuleDict({c: build_arch(designs[c], self.feature_channels) for c in COMPONENTS})
         if model.get("channels"):  # a pruned graph (training/prune.py)
             outputs = {id(layer) for net in self.nets.values() if hasattr(net, "output_layers")
@@ -184,7 +204,8 @@ class DenoiserGraph(nn.Module):
         """The inputs every network sees beside its own colour, in ``_shared_features`` order: optional
         ones appended, so weights without them load with zero weights for them (``_load_from_state_dict``)."""
         return (FEATURE_INPUTS + (("diffuse_color",) if self.denoise_diffuse_color else ())
-                + (("volume",) if self.separate_volume else ()))
+                + (("volume",) if self.separate_volume else ())
+                + (("specular_color",) if self.specular_light_path else ()))
 
     @property
     def input_names(self) -> list[str]:
@@ -228,21 +249,33 @@ class DenoiserGraph(nn.Module):
                     widened[:, new_start:new_start + old] = stored[:, old_start:old_start + old]
                     old_start, new_start = old_start + old, new_start + new
                 state_dict[key] = widened
-        if self.separate_volume:
-            self._copy_specular_kernels(state_dict, f"{prefix}nets.specular.")
+        if self.separate_volume or self.specular_light_path:
+            self._path_heads(state_dict, f"{prefix}nets.specular.")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _copy_specular_kernels(self, state_dict, prefix: str) -> None:
-        """A one-signal specular head's logits, given twice: kpunet then reads the second copy as the
-        volume signal's kernels."""
+    def _path_heads(self, state_dict, prefix: str) -> None:
+        """A specular head with fewer signals than this one's, widened: a one-signal head's logits give
+        the volume signal's kernels too (they filtered the volume light then); the light path's kernels
+        start as the radiance's, its weight at ``PATH_WEIGHT_START``."""
         net = self.nets["specular"]
         for level, head in enumerate(net.heads):
             for name in ("weight", "bias"):
                 key = f"{prefix}heads.{level}.{name}"
                 stored = state_dict.get(key)
-                one_signal = net.predict_kernels[level] ** 2 + net._blend_rows(level)
-                if stored is not None and stored.shape[0] == one_signal != head.out_channels:
-                    state_dict[key] = torch.cat([stored, stored])
+                signal = net.predict_kernels[level] ** 2 + net._blend_rows(level)
+                if stored is None or stored.shape[0] == head.out_channels or stored.shape[0] % signal:
+                    continue
+                chunks = list(stored.split(signal))
+                if len(chunks) > 1 + self.separate_volume:
+                    continue  # not a layout this widening knows: the strict load reports it
+                if self.separate_volume and len(chunks) == 1:
+                    chunks.append(chunks[0])
+                if self.specular_light_path:
+                    chunks.append(chunks[0])
+                    if level == 0:
+                        start = stored.new_zeros((1, *stored.shape[1:]))
+                        chunks.append(start + PATH_WEIGHT_START if name == "bias" else start)
+                state_dict[key] = torch.cat(chunks)
 
     @property
     def receptive_radius(self) -> int:
@@ -263,13 +296,16 @@ class DenoiserGraph(nn.Module):
 
     def _shared_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``_feature_inputs`` as the networks see them: albedo clamped, depth normalised, Diffuse Color
-        clamped to [0, 1], the volume buffer log1p-compressed like the colours."""
+        clamped to [0, 1], the volume buffer log1p-compressed like the colours, the specular colour clamped
+        to [0, 1]."""
         depth = torch.log1p(inputs["depth"].clamp(0, self.depth_max)) / math.log1p(self.depth_max)
         features = [inputs["albedo"].clamp(0, self.albedo_max), inputs["normal"], depth]
         if self.denoise_diffuse_color:
             features.append(inputs["diffuse_color"].clamp(0, 1))
         if self.separate_volume:
             features.append(torch.log1p(inputs["volume"].clamp(min=0)))
+        if self.specular_light_path:
+            features.append(inputs["specular_color"].clamp(0, 1))
         return torch.cat(features, dim=1)
 
     def _network_input(self, linear: torch.Tensor, shared: list[torch.Tensor],
@@ -297,10 +333,13 @@ class DenoiserGraph(nn.Module):
     def denoise(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both components: ``{c}`` (linear output) and ``{c}_space`` (in the filtering space); with
         ``separate_volume`` ``volume`` and ``volume_space`` too, with ``denoise_diffuse_color``
-        ``diffuse_color``."""
+        ``diffuse_color``; with ``specular_light_path`` ``specular`` is light, as its input was."""
         shared = self._shared_parts(inputs)
         out: dict[str, torch.Tensor] = {}
         for component in COMPONENTS:
+            if component == "specular" and self.specular_light_path:
+                self._denoise_specular_both_ways(inputs, shared, out)
+                continue
             linear = inputs[component]
             variance = inputs.get(f"{component}_variance") if self.use_variance else None
             seen = linear + inputs["volume"] if component == "specular" and self.separate_volume else linear
@@ -318,6 +357,27 @@ class DenoiserGraph(nn.Module):
             out[f"{component}_space"] = filtered
             out[component] = self.from_space(component, filtered)
         return out
+
+    def _denoise_specular_both_ways(self, inputs: dict[str, torch.Tensor], shared: list[torch.Tensor],
+                                    out: dict[str, torch.Tensor]) -> None:
+        """The specular light path (module docstring): radiance and light filtered, blended per pixel."""
+        light, colour = inputs["specular"], inputs["specular_color"]
+        radiance = light * colour
+        volume = inputs["volume"] if self.separate_volume else None
+        seen = radiance if volume is None else radiance + volume
+        features = self._network_input(seen, shared, inputs.get("specular_variance") if self.use_variance
+                                       else None)
+        signals = [self.to_space("specular", radiance)]
+        if volume is not None:
+            signals.append(self.to_space("volume", volume))
+        *filtered, path_logit = self.nets["specular"](features, *signals, self.to_space("specular", light))
+        if volume is not None:
+            out["volume_space"] = filtered[1]
+            out["volume"] = self.from_space("volume", filtered[1])
+        weight = torch.sigmoid(path_logit)
+        from_radiance = self.from_space("specular", filtered[0]) / colour
+        out["specular"] = from_radiance + weight * (self.from_space("specular", filtered[-1]) - from_radiance)
+        out["specular_space"] = self.to_space("specular", out["specular"])
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inputs in ``input_names`` order (as ONNX feeds them) or by name; outputs in ``output_names``
@@ -342,6 +402,8 @@ def example_inputs(graph: DenoiserGraph, height: int, width: int, seed: int = 0)
             x = 2 * x - 1
         elif name == "depth":
             x = 1 + 20 * x
+        elif name == "specular_color":  # as decompose gives it: 1 where the colour is below its minimum
+            x = torch.where(x > 0.02, x, torch.ones_like(x))
         inputs[name] = x
     return inputs
 
@@ -352,4 +414,5 @@ def build_graph(config) -> DenoiserGraph:
     return DenoiserGraph(config.model, log_diffuse=g.log_diffuse, use_variance=g.use_variance,
                          use_gradients=g.use_gradients, depth_max=g.depth_max, albedo_max=g.albedo_max,
                          denoise_diffuse_color=g.denoise_diffuse_color,
-                         separate_volume=config.data.separate_volume)
+                         separate_volume=config.data.separate_volume,
+                         specular_light_path=g.specular_light_path)

@@ -49,13 +49,17 @@ class MultiScaleKPUNet(nn.Module):
     and blend weights of its own from the same features: the diffuse network filters its light and, for
     models that denoise Diffuse Color, that colour (training/graph.py). ``extra_signal_kernel`` (one size,
     or one per level) gives the signals after the first kernels of their own size: a colour pass is clean
-    except behind volumes, and 3x3 kernels filter it at full resolution for a third of a 5x5's cost."""
+    except behind volumes, and 3x3 kernels filter it at full resolution for a third of a 5x5's cost.
+
+    ``path_weights`` > 0 adds that many per-pixel logits to the full-resolution head, returned after the
+    filtered signals: weights with which the caller chooses between them (the specular network's
+    radiance and light paths, training/graph.py)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] | list[int] = (16, 32, 64, 96),
                  kernel_size: int = 3, predict_kernel: int | list[int] = 5, encoder_convs: int = 2,
                  decoder_convs: int = 1, norm: str = "none", dropout: float = 0.0, signals: int = 1,
                  attention_blocks: int | list[int] = 0, reduction: int = 16, attention_window: int = 5,
-                 extra_signal_kernel: int | list[int] | None = None):
+                 extra_signal_kernel: int | list[int] | None = None, path_weights: int = 0):
         super().__init__()
         widths = list(widths)
 
@@ -68,13 +72,13 @@ class MultiScaleKPUNet(nn.Module):
                   else list(attention_blocks))
         if (len(widths) < 2 or encoder_convs < 1 or decoder_convs < 1 or len(sizes) != len(widths)
                 or len(extra) != len(widths) or any(size % 2 != 1 for size in sizes + extra) or signals < 1
-                or len(blocks) != len(widths)):
+                or len(blocks) != len(widths) or path_weights < 0):
             raise ValueError("kpunet needs >= 2 widths, >= 1 conv per level, an odd predict_kernel and "
                              "extra_signal_kernel and attention_blocks (each one, or one per level)")
         if signals > 1 and any(later > first for first, later in zip(sizes, extra, strict=True)):
             # what lets a stored head's layout be read from its size (_stored_kernel_sizes)
             raise ValueError(f"kpunet's extra_signal_kernel {extra} must not exceed predict_kernel {sizes}")
-        self.levels, self.signals = len(widths), signals
+        self.levels, self.signals, self.path_weights = len(widths), signals, path_weights
         # kernel size of each signal at each level, and the largest at each level (the reach)
         self.signal_kernels = [sizes] + [extra] * (signals - 1)
         self.predict_kernels = [max(k[level] for k in self.signal_kernels) for level in range(self.levels)]
@@ -105,8 +109,10 @@ class MultiScaleKPUNet(nn.Module):
         return list(self.heads)
 
     def _head_rows(self, level: int) -> int:
-        """Logits of a level's head: each signal's, one after another (``_signal_rows``)."""
-        return sum(self._signal_rows(level, signal) for signal in range(self.signals))
+        """Logits of a level's head: each signal's, one after another (``_signal_rows``), then at full
+        resolution the ``path_weights``."""
+        signals = sum(self._signal_rows(level, signal) for signal in range(self.signals))
+        return signals + (self.path_weights if level == 0 else 0)
 
     def _signal_rows(self, level: int, signal: int) -> int:
         """Logits one signal takes from a level's head: its kernel's taps, then a blend weight (not at
@@ -275,4 +281,6 @@ class MultiScaleKPUNet(nn.Module):
                     alpha = torch.sigmoid(logits[:, taps:])
                     # bilinear upsampling is linear: one upsampling of the coarse difference
                     outs[index] = filtered + alpha * upsample(outs[index] - self.pool(filtered))
+        if self.path_weights:
+            return (*outs, head[:, start:])  # the full-resolution head's last rows
         return outs[0] if self.signals == 1 else tuple(outs)
