@@ -75,7 +75,8 @@ class ModelInfo:
     def summary(self) -> str:
         params = f"{self.parameters:,} parameters" if self.parameters is not None else "? parameters"
         residual = ", denoises emission/environment" if self.denoise_residual else ""
-        residual += ", demodulates specular" if self.demodulate_specular else ""
+        residual += (", specular as light or radiance per pixel" if "specular_color" in self.inputs
+                     else ", demodulates specular" if self.demodulate_specular else "")
         residual += ", denoises Diffuse Color" if self.denoises_diffuse_color else ""
         residual += ", volume light apart" if self.separates_volume else ""
         precision = f", {self.precision} convolutions" if self.precision != "float32" else ""

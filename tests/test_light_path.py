@@ -37,6 +37,7 @@ def test_light_path_metadata_is_read_and_checked(tmp_path):
 
     info = read_model_info(save("light", format_version="6", demodulate_specular="true"))
     assert info.demodulate_specular and "specular_color" in info.inputs
+    assert "specular as light or radiance per pixel" in info.summary()
     for name, overrides, message in [
             ("old", {"format_version": "5", "demodulate_specular": "true"}, "needs .*format_version 6"),
             ("radiance", {"format_version": "6"}, "specular_color input needs demodulate_specular true"),
