@@ -166,3 +166,26 @@ def test_tiny_light_path_model_trains_exports_and_runs_in_the_core_as_in_torch(l
         np.testing.assert_allclose(result.outputs[f"{name}_denoised"], expected, atol=1e-4, rtol=1e-4)
     recombined = parts.diffuse_color * diffuse + parts.specular_color * light + volume + parts.residual
     np.testing.assert_allclose(result.beauty[..., :3], recombined, atol=1e-4, rtol=1e-4)
+
+
+def test_the_light_path_loss_trains_its_kernels_whatever_the_weight(tmp_path):
+    """``loss.light_path`` scores the light path's own output: its kernels learn even where the blend
+    gives the path no weight, which the blended loss alone cannot teach them."""
+    from training.losses import DenoiseLoss, stage_loss
+
+    _plain, graph = graphs_from_plain_weights(LIGHT_PATH, tmp_path)
+    graph.train()
+    inputs = _light_inputs(example_inputs(graph, 32, 48, seed=8), seed=9)
+    batch = {**inputs, "diffuse_color": torch.full_like(inputs["specular"], 0.5),
+             **{f"{c}_reference": 0.5 * inputs[c] for c in ("diffuse", "specular", "volume")}}
+    head = graph.nets["specular"].heads[0]
+    light_rows = slice(2 * (head.out_channels - 1) // 3, head.out_channels - 1)  # the third signal's
+    gradients = {}
+    for weight in (0.0, 1.0):
+        config = tiny_config("fast", [*LIGHT_PATH, f"loss.light_path={weight}"])
+        with torch.no_grad():
+            head.bias[-1] = -30.0  # the blend gives the light path no weight
+        graph.zero_grad()
+        stage_loss(DenoiseLoss(config.loss), graph, graph.denoise(batch), batch, "components").backward()
+        gradients[weight] = head.weight.grad[light_rows].abs().sum().item()
+    assert gradients[1.0] > 1e-3 and gradients[0.0] < 1e-9 * gradients[1.0]

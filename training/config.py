@@ -71,6 +71,9 @@ class LossConfig:
     # (contribution), or as demodulated light clamped at 1 (light: fast and quality were trained so)
     tonemapped_diffuse: str = "contribution"
     weights: dict = field(default_factory=lambda: {"l1": 0.16, "ssim": 0.84})  # combined (Zhao et al.)
+    # weight of a loss of its own on the specular light path's output (graph.specular_light_path) in the
+    # components stage: that path's kernels then learn whatever weight the blend gives the path
+    light_path: float = 0.0
 
 
 @dataclass

@@ -376,7 +376,9 @@ class DenoiserGraph(nn.Module):
             out["volume"] = self.from_space("volume", filtered[1])
         weight = torch.sigmoid(path_logit)
         from_radiance = self.from_space("specular", filtered[0]) / colour
-        out["specular"] = from_radiance + weight * (self.from_space("specular", filtered[-1]) - from_radiance)
+        out["light_path_space"] = filtered[-1]  # the light path's own output (loss.light_path)
+        out["light_path"] = self.from_space("specular", filtered[-1])
+        out["specular"] = from_radiance + weight * (out["light_path"] - from_radiance)
         out["specular_space"] = self.to_space("specular", out["specular"])
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -180,11 +180,23 @@ def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str
                    else (batch.get(colour_name) if colour_name else None,) * 2)
         if colours[0] is not None and loss.config.tonemapped_diffuse == "contribution":
             shown = (colours[0] * outputs[component], colours[1] * reference)
-        if loss.config.component_space == "filtering":
-            total = total + loss(outputs[f"{component}_space"], graph.to_space(component, reference), *shown)
-        else:
-            total = total + loss(outputs[component], reference, *shown)
+        total = total + _component_loss(loss, graph, outputs, component, component, reference, shown)
+    if "light_path" in outputs and loss.config.light_path:  # the specular light path on its own
+        shown = (outputs["light_path"], batch["specular_reference"])
+        if loss.config.tonemapped_diffuse == "contribution":
+            shown = tuple(batch["specular_color"] * image for image in shown)
+        total = total + loss.config.light_path * _component_loss(
+            loss, graph, outputs, "light_path", "specular", batch["specular_reference"], shown)
     return total
+
+
+def _component_loss(loss: DenoiseLoss, graph, outputs: dict, name: str, component: str,
+                    reference: torch.Tensor, shown: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``loss`` of the output ``name`` against ``reference`` in the component's filtering space (or
+    linear, ``component_space``), tonemapped as ``shown``."""
+    if loss.config.component_space == "filtering":
+        return loss(outputs[f"{name}_space"], graph.to_space(component, reference), *shown)
+    return loss(outputs[name], reference, *shown)
 
 
 @torch.no_grad()
