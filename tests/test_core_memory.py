@@ -138,5 +138,7 @@ def test_a_sequence_peaks_at_one_frames_memory(tmp_path):
     single = _peak_of_denoising(str(frame), tmp_path / "single.exr", tmp_path)
     sequence = _peak_of_denoising(str(frames / "shot_####.exr"), tmp_path / "out" / "shot_####.exr", tmp_path)
     assert len(list((tmp_path / "out").glob("shot_*.exr"))) == 4
-    # one frame's own peak varies by ~15 % between processes (onnxruntime's first run)
-    assert sequence <= 1.3 * single, f"sequence {sequence / 2**30:.2f} GiB, one frame {single / 2**30:.2f}"
+    # one frame's own peak varies by ~15 % between processes (onnxruntime's first run), and a fresh-clone
+    # run once measured 2.89 GiB for four frames against 2.09 for one (1.38x); the fragmentation this
+    # guards against doubled it
+    assert sequence <= 1.5 * single, f"sequence {sequence / 2**30:.2f} GiB, one frame {single / 2**30:.2f}"
