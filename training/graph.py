@@ -333,53 +333,50 @@ class DenoiserGraph(nn.Module):
     def denoise(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both components: ``{c}`` (linear output) and ``{c}_space`` (in the filtering space); with
         ``separate_volume`` ``volume`` and ``volume_space`` too, with ``denoise_diffuse_color``
-        ``diffuse_color``; with ``specular_light_path`` ``specular`` is light, as its input was."""
+        ``diffuse_color``; with ``specular_light_path`` ``specular`` is light, as its input was, and
+        ``light_path`` / ``light_path_space`` are that path's own output."""
         shared = self._shared_parts(inputs)
         out: dict[str, torch.Tensor] = {}
         for component in COMPONENTS:
-            if component == "specular" and self.specular_light_path:
-                self._denoise_specular_both_ways(inputs, shared, out)
-                continue
             linear = inputs[component]
+            light_path = component == "specular" and self.specular_light_path
+            if light_path:  # the input is light: the network filters the radiance, the light as a signal
+                linear = linear * inputs["specular_color"]
             variance = inputs.get(f"{component}_variance") if self.use_variance else None
             seen = linear + inputs["volume"] if component == "specular" and self.separate_volume else linear
             features = self._network_input(seen, shared, variance)
-            signal = self.to_space(component, linear)
-            if component == "diffuse" and self.denoise_diffuse_color:
-                colour = inputs["diffuse_color"].clamp(min=0)
-                filtered, out["diffuse_color"] = self.nets[component](features, signal, colour)
-            elif component == "specular" and self.separate_volume:
-                volume = self.to_space("volume", inputs["volume"])
-                filtered, out["volume_space"] = self.nets[component](features, signal, volume)
-                out["volume"] = self.from_space("volume", out["volume_space"])
-            else:
-                filtered = self.nets[component](features, signal)
+            further = self._further_signals(component, inputs)
+            filtered = self.nets[component](features, self.to_space(component, linear),
+                                            *(signal for signal, _space in further.values()))
+            if further:
+                filtered, *results = filtered
+                for (name, (_signal, space)), result in zip(further.items(), results, strict=False):
+                    if space is None:
+                        out[name] = result
+                    else:
+                        out[f"{name}_space"], out[name] = result, self.from_space(space, result)
             out[f"{component}_space"] = filtered
             out[component] = self.from_space(component, filtered)
+            if light_path:
+                weight = torch.sigmoid(results[-1])  # kpunet's path weight, after the signals
+                from_radiance = out[component] / inputs["specular_color"]
+                out[component] = from_radiance + weight * (out["light_path"] - from_radiance)
+                out[f"{component}_space"] = self.to_space(component, out[component])
         return out
 
-    def _denoise_specular_both_ways(self, inputs: dict[str, torch.Tensor], shared: list[torch.Tensor],
-                                    out: dict[str, torch.Tensor]) -> None:
-        """The specular light path (module docstring): radiance and light filtered, blended per pixel."""
-        light, colour = inputs["specular"], inputs["specular_color"]
-        radiance = light * colour
-        volume = inputs["volume"] if self.separate_volume else None
-        seen = radiance if volume is None else radiance + volume
-        features = self._network_input(seen, shared, inputs.get("specular_variance") if self.use_variance
-                                       else None)
-        signals = [self.to_space("specular", radiance)]
-        if volume is not None:
-            signals.append(self.to_space("volume", volume))
-        *filtered, path_logit = self.nets["specular"](features, *signals, self.to_space("specular", light))
-        if volume is not None:
-            out["volume_space"] = filtered[1]
-            out["volume"] = self.from_space("volume", filtered[1])
-        weight = torch.sigmoid(path_logit)
-        from_radiance = self.from_space("specular", filtered[0]) / colour
-        out["light_path_space"] = filtered[-1]  # the light path's own output (loss.light_path)
-        out["light_path"] = self.from_space("specular", filtered[-1])
-        out["specular"] = from_radiance + weight * (out["light_path"] - from_radiance)
-        out["specular_space"] = self.to_space("specular", out["specular"])
+    def _further_signals(self, component: str, inputs: dict[str, torch.Tensor],
+                         ) -> dict[str, tuple[torch.Tensor, str | None]]:
+        """What a component's network filters after its own colour, in kpunet's signal order: output name
+        -> (signal, the filtering space it is in, or None for a colour pass filtered as it is)."""
+        if component == "diffuse":
+            return ({"diffuse_color": (inputs["diffuse_color"].clamp(min=0), None)}
+                    if self.denoise_diffuse_color else {})
+        further = {}
+        if self.separate_volume:
+            further["volume"] = (self.to_space("volume", inputs["volume"]), "volume")
+        if self.specular_light_path:
+            further["light_path"] = (self.to_space("specular", inputs["specular"]), "specular")
+        return further
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inputs in ``input_names`` order (as ONNX feeds them) or by name; outputs in ``output_names``

@@ -164,39 +164,32 @@ COMPONENT_COLOURS = {"diffuse": "diffuse_color", "specular": "specular_color", "
 
 def stage_loss(loss: DenoiseLoss, graph, outputs: dict, batch: dict, target: str) -> torch.Tensor:
     """Loss of one training stage: ``components`` (diffuse + specular (+ volume), each on its own, as
-    KPCN) or ``joint`` (the recombined image ``diffuse_color * diffuse + specular_color * specular``
-    (+ volume))."""
+    KPCN, plus the light path's own output with ``loss.light_path``) or ``joint`` (the recombined image
+    ``diffuse_color * diffuse + specular_color * specular`` (+ volume))."""
     predicted_colour, target_colour = diffuse_colours(batch, outputs)
     if target == "joint":
         pred = recombine_batch(batch, outputs["diffuse"], outputs["specular"], predicted_colour,
                                outputs.get("volume"))
         return loss(pred, reference_beauty({**batch, "diffuse_color_reference": target_colour}))
+    # (output, the component it is scored as, weight): the light path is scored as specular light
+    scored = [(c, c, 1.0) for c in ("diffuse", "specular") + (("volume",) if "volume" in outputs else ())]
+    if "light_path" in outputs and loss.config.light_path:
+        scored.append(("light_path", "specular", loss.config.light_path))
     total = 0
-    for component in ("diffuse", "specular") + (("volume",) if "volume" in outputs else ()):
+    for name, component, weight in scored:
         reference = batch[f"{component}_reference"]
-        shown = (outputs[component], reference)  # what tonemapping sees of this component
+        shown = (outputs[name], reference)  # what tonemapping sees of this output
         colour_name = COMPONENT_COLOURS[component]
         colours = ((predicted_colour, target_colour) if component == "diffuse"
                    else (batch.get(colour_name) if colour_name else None,) * 2)
         if colours[0] is not None and loss.config.tonemapped_diffuse == "contribution":
-            shown = (colours[0] * outputs[component], colours[1] * reference)
-        total = total + _component_loss(loss, graph, outputs, component, component, reference, shown)
-    if "light_path" in outputs and loss.config.light_path:  # the specular light path on its own
-        shown = (outputs["light_path"], batch["specular_reference"])
-        if loss.config.tonemapped_diffuse == "contribution":
-            shown = tuple(batch["specular_color"] * image for image in shown)
-        total = total + loss.config.light_path * _component_loss(
-            loss, graph, outputs, "light_path", "specular", batch["specular_reference"], shown)
+            shown = (colours[0] * outputs[name], colours[1] * reference)
+        if loss.config.component_space == "filtering":
+            term = loss(outputs[f"{name}_space"], graph.to_space(component, reference), *shown)
+        else:
+            term = loss(outputs[name], reference, *shown)
+        total = total + weight * term
     return total
-
-
-def _component_loss(loss: DenoiseLoss, graph, outputs: dict, name: str, component: str,
-                    reference: torch.Tensor, shown: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``loss`` of the output ``name`` against ``reference`` in the component's filtering space (or
-    linear, ``component_space``), tonemapped as ``shown``."""
-    if loss.config.component_space == "filtering":
-        return loss(outputs[f"{name}_space"], graph.to_space(component, reference), *shown)
-    return loss(outputs[name], reference, *shown)
 
 
 @torch.no_grad()
